@@ -1,0 +1,93 @@
+"""Rigid transforms in 3D (SE3), numpy float64.
+
+Convention: ``a_T_b`` maps points expressed in frame ``b`` into frame ``a``;
+``(a_T_b @ b_T_c) == a_T_c``. A Frame's ``pose`` is ``world_T_ego``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SE3:
+    rotation: np.ndarray  # (3, 3) float64, orthonormal, det +1
+    translation: np.ndarray  # (3,) float64
+
+    def __post_init__(self):
+        r = np.asarray(self.rotation, dtype=np.float64)
+        t = np.asarray(self.translation, dtype=np.float64).reshape(-1)
+        if r.shape != (3, 3) or t.shape != (3,):
+            raise ValueError(f"SE3 needs a 3x3 rotation and a 3-vector, got {r.shape} and {t.shape}")
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(t))):
+            raise ValueError("SE3 has non-finite entries")
+        if np.abs(r @ r.T - np.eye(3)).max() > 1e-4 or np.linalg.det(r) < 0:
+            raise ValueError("SE3 rotation is not a proper rotation matrix (R R^T != I or det < 0)")
+        object.__setattr__(self, "rotation", r)
+        object.__setattr__(self, "translation", t)
+
+    # construction -------------------------------------------------------
+    @classmethod
+    def identity(cls) -> "SE3":
+        return cls(np.eye(3), np.zeros(3))
+
+    @classmethod
+    def from_matrix(cls, m: np.ndarray, orthonormalize: bool = False) -> "SE3":
+        m = np.asarray(m, dtype=np.float64)
+        if m.shape == (3, 4):
+            m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
+        if m.shape != (4, 4):
+            raise ValueError(f"SE3.from_matrix needs 3x4 or 4x4, got {m.shape}")
+        r = m[:3, :3]
+        if orthonormalize:  # poses stored in text with ~1e-6 precision drift from SO(3)
+            u, _, vt = np.linalg.svd(r)
+            r = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+        return cls(r, m[:3, 3])
+
+    @classmethod
+    def from_quaternion(cls, qw: float, qx: float, qy: float, qz: float, translation) -> "SE3":
+        from pyquaternion import Quaternion
+
+        q = Quaternion(w=qw, x=qx, y=qy, z=qz).normalised
+        return cls(q.rotation_matrix, np.asarray(translation, dtype=np.float64))
+
+    @classmethod
+    def from_yaw(cls, yaw: float, translation) -> "SE3":
+        c, s = np.cos(yaw), np.sin(yaw)
+        return cls(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), translation)
+
+    # algebra ------------------------------------------------------------
+    def as_matrix(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = self.rotation
+        m[:3, 3] = self.translation
+        return m
+
+    def inverse(self) -> "SE3":
+        rt = self.rotation.T
+        return SE3(rt, -rt @ self.translation)
+
+    def __matmul__(self, other: "SE3") -> "SE3":
+        return SE3(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
+
+    def transform_points(self, xyz: np.ndarray) -> np.ndarray:
+        """Apply to (N, 3) points; float32 input stays float32 (computed in float64)."""
+        xyz = np.asarray(xyz)
+        out = xyz.astype(np.float64) @ self.rotation.T + self.translation
+        return out.astype(xyz.dtype if xyz.dtype in (np.float32, np.float64) else np.float64)
+
+    @property
+    def yaw(self) -> float:
+        return float(np.arctan2(self.rotation[1, 0], self.rotation[0, 0]))
+
+    def quaternion(self) -> tuple[float, float, float, float]:
+        """(qw, qx, qy, qz)."""
+        from pyquaternion import Quaternion
+
+        q = Quaternion(matrix=self.rotation, atol=1e-6)
+        return (q.w, q.x, q.y, q.z)
+
+    def allclose(self, other: "SE3", atol: float = 1e-6) -> bool:
+        return bool(np.allclose(self.as_matrix(), other.as_matrix(), atol=atol))
