@@ -1,7 +1,8 @@
 """One LiDAR sweep: points, timestamp, poses and optional per-point labels.
 
 Points are float32 (N, C) with named columns; the first three are always
-``x, y, z`` in the *sensor* frame; ``extrinsic`` is ``ego_T_sensor`` and
+``x, y, z`` in the *sensor* frame; ``intensity`` is scaled to [0, 1] by every
+reader (whatever the format stores); ``time_offset`` is in seconds; ``extrinsic`` is ``ego_T_sensor`` and
 ``pose`` is ``world_T_ego``. Readers whose sweeps are already expressed in
 the ego frame (Argoverse 2) use an identity extrinsic.
 """
@@ -70,6 +71,7 @@ class Frame:
     labels: PointLabels | None = None
     frame_id: str = ""  # e.g. "00/000001" or "<log_id>/<timestamp_ns>"
     source: str = ""  # file the points came from (for error messages)
+    pose_known: bool = True  # False: pose and extrinsic are identity placeholders (recording without poses)
 
     def __post_init__(self):
         pts = self.points

@@ -41,11 +41,12 @@ class Geometry:
                 raise ConfigError(f"geometry.point_range: {name}max ({hi}) must exceed {name}min ({lo})")
             cells = (hi - lo) / v
             if abs(cells - round(cells)) > _TOL * max(1.0, cells):
-                n = max(1, round(cells))
+                n_lo, n_hi = max(1, int(np.floor(cells))), int(np.ceil(cells))
                 raise ConfigError(
                     f"geometry.point_range along {name} spans {hi - lo:g} m, which is not a multiple of "
-                    f"voxel_size {v:g} m ({cells:.4f} cells). Use {name}max = {lo + n * v:g} "
-                    f"({n} cells) or voxel_size {name} = {(hi - lo) / n:g}.")
+                    f"voxel_size {v:g} m ({cells:.4f} cells). Use {name}max = {lo + n_lo * v:g} "
+                    f"({n_lo} cells) or {name}max = {lo + n_hi * v:g} ({n_hi} cells), "
+                    f"or voxel_size {name} = {(hi - lo) / n_lo:g}.")
         object.__setattr__(self, "point_range", pr)
         object.__setattr__(self, "voxel_size", vs)
         object.__setattr__(self, "num_frames", int(self.num_frames))

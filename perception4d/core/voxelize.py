@@ -1,0 +1,162 @@
+"""Points (with a time index) -> SparseTensor4D: the one voxelization path for training and inference.
+
+Space is quantized, time is not: ``ix = floor((x - xmin) / vx)`` (likewise y,
+z) in float32 arithmetic with the bounds rounded to float32, and ``t`` is the
+given time index. Voxel rows come out sorted lexicographically by
+``(b, x, y, z, t)``, so the CPU (numba) and torch backends give identical
+tensors. Points with a non-finite value in any column, or outside
+``[min, max)`` on any axis, are dropped and counted; a time or batch index
+outside its range is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from perception4d.core.geometry import Geometry
+from perception4d.core.sparse import DropStats, SparseTensor4D
+from perception4d.core.window import AlignedWindow
+from perception4d.errors import WindowError
+
+log = logging.getLogger("perception4d.voxelize")
+
+BACKENDS = ("auto", "numba", "torch")
+
+
+def _as_tensor(a, name: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind == "u":  # torch lacks most ops on wide unsigned types
+            a = a.astype(np.int64)
+        return torch.from_numpy(a)
+    if isinstance(a, torch.Tensor):
+        return a.detach()
+    raise TypeError(f"voxelize: {name} must be a torch.Tensor or numpy array, got {type(a).__name__}")
+
+
+def _index_array(a, name: str, n: int, device: torch.device) -> torch.Tensor:
+    t = _as_tensor(a, name).to(device)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"voxelize: {name} must hold integer indices, got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"voxelize: {name} must have shape ({n},) (one entry per point), got {tuple(t.shape)}")
+    return t
+
+
+def _index_ranges(time: torch.Tensor, batch: torch.Tensor | None) -> list[int]:
+    """[time min, time max, batch min, batch max] with one device sync (numpy on CPU)."""
+    if time.device.type == "cpu":
+        arrays = [time.numpy()] + ([] if batch is None else [batch.numpy()])
+        values = [int(f(a)) for a in arrays for f in (np.min, np.max)]
+    else:
+        stats = [time.min(), time.max()] + ([] if batch is None else [batch.min(), batch.max()])
+        values = torch.stack([s.to(torch.int64) for s in stats]).tolist()
+    return values + [0, 0] if batch is None else values
+
+
+def _check_ranges(time: torch.Tensor, batch: torch.Tensor | None, num_frames: int,
+                  batch_size: int | None) -> int:
+    """Raise on a time/batch index outside its range; return the batch size."""
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"voxelize: batch_size must be >= 1, got {batch_size}")
+    if time.shape[0] == 0:
+        return 1 if batch_size is None else int(batch_size)
+    t_lo, t_hi, b_lo, b_hi = _index_ranges(time, batch)
+    if t_lo < 0 or t_hi >= num_frames:
+        raise ValueError(f"voxelize: time index outside [0, {num_frames}) (geometry.num_frames): "
+                         f"got values in [{t_lo}, {t_hi}]")
+    if batch_size is None:
+        batch_size = b_hi + 1
+    if b_lo < 0 or b_hi >= batch_size:
+        raise ValueError(f"voxelize: batch index outside [0, {batch_size}) (batch_size): "
+                         f"got values in [{b_lo}, {b_hi}]")
+    return int(batch_size)
+
+
+def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | None = None,
+             backend: str = "auto") -> SparseTensor4D:
+    """Voxelize (P, C) points (x, y, z first) with a (P,) time index into a SparseTensor4D.
+
+    ``points``/``time``/``batch`` are torch tensors (any device) or numpy arrays; the result lives on
+    the points' device (CPU for numpy). Features are the per-voxel mean of all C columns.
+    ``backend``: "numba" (CPU), "torch" (any device) or "auto" (numba on CPU, torch elsewhere).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"voxelize: backend must be one of {BACKENDS}, got {backend!r}")
+    pts = _as_tensor(points, "points")
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"voxelize: points must be (P, C) with C >= 3 (x, y, z first), got {tuple(pts.shape)}")
+    if not pts.dtype.is_floating_point:
+        raise ValueError(f"voxelize: points must be floating point, got {pts.dtype}")
+    pts = pts.to(torch.float32)
+    device = pts.device
+    n = pts.shape[0]
+    tm = _index_array(time, "time", n, device)
+    bt = None if batch is None else _index_array(batch, "batch", n, device)
+    nb = _check_ranges(tm, bt, geometry.num_frames, batch_size)
+    dims = (nb, *geometry.spatial_shape)
+    if np.prod(np.array(dims, dtype=np.float64)) >= 2.0**63:
+        raise ValueError(f"voxelize: grid (batch, X, Y, Z, T) = {dims} is too large for int64 voxel keys")
+
+    if backend == "auto":
+        backend = "numba" if device.type == "cpu" else "torch"
+    if backend == "numba":
+        if device.type != "cpu":
+            raise ValueError(f"voxelize: backend 'numba' runs on CPU but the points are on {device}; "
+                             f"use backend='torch' or 'auto'")
+        from perception4d.ops.voxelize_numba import voxelize_numba
+
+        res = voxelize_numba(np.ascontiguousarray(pts.numpy()), tm.numpy().astype(np.int64, copy=False),
+                             None if bt is None else bt.numpy().astype(np.int64, copy=False),
+                             geometry.lower, geometry.upper, np.asarray(geometry.voxel_size, np.float32), dims)
+        coords, feats = torch.from_numpy(res.coords), torch.from_numpy(res.features)
+        counts, p2v = torch.from_numpy(res.counts), torch.from_numpy(res.point_to_voxel)
+    else:
+        from perception4d.ops.voxelize_torch import voxelize_torch
+
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+        res = voxelize_torch(pts, tm, bt, dev(geometry.lower), dev(geometry.upper), dev(geometry.voxel_size), dims)
+        coords, feats, counts, p2v = res.coords, res.features, res.counts, res.point_to_voxel
+
+    dropped = DropStats(out_of_range=res.out_of_range, non_finite=res.non_finite)
+    log.debug("voxelize[%s]: %d points -> %d voxels; dropped %d out of range, %d non-finite",
+              backend, n, coords.shape[0], dropped.out_of_range, dropped.non_finite)
+    return SparseTensor4D(coords=coords, features=feats, spatial_shape=geometry.spatial_shape, batch_size=nb,
+                          geometry=geometry, point_to_voxel=p2v, counts=counts, dropped=dropped)
+
+
+def voxelize_windows(windows: Sequence[AlignedWindow], geometry: Geometry, device: torch.device | str,
+                     columns: Sequence[str] | None = None) -> SparseTensor4D:
+    """Batch aligned windows into one SparseTensor4D on ``device`` (batch index = position in the list).
+
+    The data moves to ``device`` once; ``point_to_voxel`` follows the windows' points concatenated in
+    list order. ``columns`` selects and orders the feature columns (default: the first window's).
+    """
+    if len(windows) == 0:
+        raise WindowError("voxelize_windows needs at least one window")
+    cols = tuple(windows[0].columns if columns is None else columns)
+    if cols[:3] != ("x", "y", "z"):
+        raise WindowError(f"voxelize_windows: columns must start with x, y, z, got {cols}")
+    chunks, times, sizes = [], [], []
+    for k, w in enumerate(windows):
+        if w.num_frames > geometry.num_frames:
+            raise WindowError(f"voxelize_windows: window {k} has {w.num_frames} frames but "
+                              f"geometry.num_frames is {geometry.num_frames}")
+        missing = [name for name in cols if name not in w.columns]
+        if missing:
+            raise WindowError(f"voxelize_windows: window {k} lacks columns {missing}; it has {w.columns}")
+        pts = w.points if tuple(w.columns) == cols else w.points[:, [w.columns.index(name) for name in cols]]
+        chunks.append(pts)
+        times.append(w.time)
+        sizes.append(pts.shape[0])
+    points = np.ascontiguousarray(np.concatenate(chunks, 0), dtype=np.float32)
+    time = np.concatenate(times, 0)
+    batch = np.repeat(np.arange(len(windows), dtype=np.int32), sizes)
+    device = torch.device(device)
+    return voxelize(torch.from_numpy(points).to(device), torch.from_numpy(time).to(device), geometry,
+                    batch=torch.from_numpy(batch).to(device), batch_size=len(windows))

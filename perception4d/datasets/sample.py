@@ -1,0 +1,104 @@
+"""What a dataset hands the network: one window, ego-aligned, with the source sweep's targets.
+
+``WindowSample`` is built on the host (numpy) by ``build_window_sample`` for
+training, evaluation and inference alike; the data preprocessor
+(perception4d.models.preprocessor) batches samples and voxelizes them on the
+target device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perception4d.core.geometry import Geometry
+from perception4d.core.window import AlignedWindow, Window
+from perception4d.errors import WindowError
+
+INPUT_COLUMNS = ("x", "y", "z", "intensity")
+
+
+@dataclass
+class FlowTargets:
+    """Ground truth of the source sweep's points (AV2 convention: ego motion included)."""
+
+    flow: np.ndarray  # (N, 3) float32
+    valid: np.ndarray  # (N,) bool
+    dynamic: np.ndarray  # (N,) bool
+    ground: np.ndarray  # (N,) bool
+    category: np.ndarray  # (N,) uint8, AV2 scene-flow category (0 = background)
+
+
+@dataclass
+class SampleMeta:
+    sequence_id: str
+    frame_id: str
+    timestamp_ns: int  # the source sweep
+    next_timestamp_ns: int  # the sweep after it (the window's reference)
+
+    @property
+    def dt(self) -> float:
+        return max((self.next_timestamp_ns - self.timestamp_ns) * 1e-9, 1e-3)
+
+
+@dataclass
+class WindowSample:
+    aligned: AlignedWindow  # all frames in the reference (newest) ego frame; time shifted so the newest is T-1
+    source_index: int  # window position of the sweep whose points get per-point outputs
+    source_xyz: np.ndarray  # (N, 3) float32 source points in the source's own ego frame
+    meta: SampleMeta
+    targets: FlowTargets | None = None
+
+    @property
+    def source_slice(self) -> slice:
+        o = self.aligned.offsets
+        return slice(int(o[self.source_index]), int(o[self.source_index + 1]))
+
+    @property
+    def ego_flow(self) -> np.ndarray:
+        """Flow of the source points if the scene were static: aligned minus own-frame position."""
+        return (self.aligned.points[self.source_slice, :3] - self.source_xyz).astype(np.float32)
+
+
+def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "",
+                        with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS) -> WindowSample:
+    """A flow sample: the newest frame is the reference (sweep t+1), the one before it the source (sweep t).
+
+    Shorter windows (start of a log) are accepted down to two sweeps; time
+    indices are shifted so the reference always sits at ``num_frames - 1``.
+    """
+    n = len(window)
+    if n < 2:
+        raise WindowError(f"scene flow needs at least two sweeps, the window of {sequence_id or 'sequence'} "
+                          f"ending at {window.frames[-1].frame_id} has {n}")
+    if n > geometry.num_frames:
+        raise WindowError(f"window has {n} sweeps but the geometry declares num_frames={geometry.num_frames}")
+    aligned = window.align(ref_index=-1, columns=columns)
+    aligned.time = aligned.time + np.int32(geometry.num_frames - n)
+    src = window.frames[-2]
+    targets = None
+    if with_targets:
+        targets = flow_targets(src)
+    return WindowSample(aligned=aligned, source_index=n - 2, source_xyz=src.xyz_in_ego().astype(np.float32),
+                        meta=SampleMeta(sequence_id=sequence_id, frame_id=src.frame_id,
+                                        timestamp_ns=src.timestamp_ns,
+                                        next_timestamp_ns=window.frames[-1].timestamp_ns),
+                        targets=targets)
+
+
+def flow_targets(frame) -> FlowTargets | None:
+    """The frame's flow labels as targets, or None when it has no flow labels."""
+    lb = frame.labels
+    if lb is None or lb.flow is None:
+        return None
+    n = frame.num_points
+    valid = np.isfinite(lb.flow).all(axis=1)
+    if lb.flow_valid is not None:
+        valid &= lb.flow_valid.astype(bool)
+    return FlowTargets(
+        flow=np.nan_to_num(lb.flow.astype(np.float32)),
+        valid=valid,
+        dynamic=np.zeros(n, bool) if lb.moving is None else lb.moving.astype(bool),
+        ground=np.zeros(n, bool) if lb.ground is None else lb.ground.astype(bool),
+        category=np.zeros(n, np.uint8) if lb.flow_category is None else lb.flow_category.astype(np.uint8))

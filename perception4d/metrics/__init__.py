@@ -1,0 +1,40 @@
+"""Evaluation metrics: scene flow (Argoverse 2 2023 / 2024, KITTI) as numpy functions and mmengine metrics."""
+
+from perception4d.metrics.flow import (
+    Av2Class,
+    Av2FrameStats,
+    Av2Result,
+    Av2Subset,
+    Distance,
+    FlowErrors,
+    FlowSample,
+    KittiFrameStats,
+    KittiResult,
+    Motion,
+    av2_2023_frame_stats,
+    av2_2023_result,
+    av2_close_mask,
+    av2_dynamic_mask,
+    av2_eval_mask,
+    end_point_error,
+    kitti_frame_stats,
+    kitti_result,
+    space_time_angle,
+)
+from perception4d.metrics.flow_bucketed import (
+    BucketClass,
+    BucketedClassError,
+    BucketedFrameStats,
+    BucketedResult,
+    av2_2024_frame_stats,
+    av2_2024_result,
+)
+from perception4d.metrics.flow_metric import Av2FlowMetric, KittiFlowMetric
+
+__all__ = [
+    "Av2Class", "Av2FrameStats", "Av2Result", "Av2Subset", "Distance", "FlowErrors", "FlowSample",
+    "KittiFrameStats", "KittiResult", "Motion", "av2_2023_frame_stats", "av2_2023_result", "av2_close_mask",
+    "av2_dynamic_mask", "av2_eval_mask", "end_point_error", "kitti_frame_stats", "kitti_result",
+    "space_time_angle", "BucketClass", "BucketedClassError", "BucketedFrameStats", "BucketedResult",
+    "av2_2024_frame_stats", "av2_2024_result", "Av2FlowMetric", "KittiFlowMetric",
+]

@@ -1,0 +1,88 @@
+"""The 4D network: point encoder -> sparse 4D backbone -> task heads, as an mmengine model.
+
+``Perception4DNet`` is task-agnostic: it owns the encoder, one backbone and a
+set of heads sharing it (every head has ``forward / loss / predict``). Modes:
+``loss`` -> dict of losses, ``predict`` -> one result object per sample,
+``tensor`` -> raw head outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+
+from perception4d.models.backbone_spconv import SparseUNet4D  # noqa: F401  (registers the backbone)
+from perception4d.models.encoder import PointEncoder
+from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
+from perception4d.models.preprocessor import BatchedWindows
+from perception4d.models.spconv_utils import set_spconv_algo
+from perception4d.registry import MODELS
+
+
+@dataclass
+class SampleResult:
+    """Everything the network predicts for one sample, by task (None where the task is not run)."""
+
+    meta: object
+    flow: object | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@MODELS.register_module()
+class Perception4DNet(BaseModel):
+    def __init__(self, encoder: dict, backbone: dict, heads: dict[str, dict], data_preprocessor: dict,
+                 init_cfg=None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.encoder = PointEncoder(**encoder)
+        backbone = dict(backbone)
+        backbone.setdefault("in_channels", self.encoder.out_channels)
+        self.backbone = MODELS.build(backbone)
+        heads_built = {}
+        for name, cfg in heads.items():
+            cfg = dict(cfg)
+            cfg.setdefault("in_channels", self.backbone.out_channels)
+            cfg.setdefault("point_channels", self.encoder.point_channels)
+            heads_built[name] = MODELS.build(cfg)
+        self.heads = nn.ModuleDict(heads_built)
+        self._algo_device: torch.device | None = None
+
+    def _features(self, batch: BatchedWindows):
+        device = batch.points.device
+        if self._algo_device != device:
+            set_spconv_algo(self, device)
+            self._algo_device = device
+        voxel_feats, point_feats = self.encoder(batch.points, batch.time, batch.sparse)
+        if batch.sparse.num_voxels == 0:  # nothing in the grid: spconv cannot run on zero sites
+            return voxel_feats.new_zeros(0, self.backbone.out_channels), point_feats
+        x = self.backbone(batch.sparse.to_spconv(voxel_feats))
+        return x.features, point_feats
+
+    def forward(self, inputs: BatchedWindows, data_samples=None, mode: str = "tensor"):
+        voxel_feats, point_feats = self._features(inputs)
+        preds = {name: head(voxel_feats, point_feats, inputs) for name, head in self.heads.items()}
+        if mode == "tensor":
+            return preds
+        if mode == "loss":
+            if inputs.targets is None:
+                raise ValueError("mode='loss' needs samples with targets")
+            losses = {}
+            for name, head in self.heads.items():
+                losses.update(head.loss(preds[name], inputs))
+            return losses
+        if mode == "predict":
+            per_task = {name: head.predict(preds[name], inputs) for name, head in self.heads.items()}
+            results = []
+            for i, s in enumerate(inputs.samples):
+                r = SampleResult(meta=s.meta)
+                for name, outs in per_task.items():
+                    if name == "flow":
+                        r.flow = outs[i]
+                    else:
+                        r.extras[name] = outs[i]
+                r.extras["sample"] = s
+                results.append(r)
+            return results
+        raise ValueError(f"unknown mode {mode!r}: use 'loss', 'predict' or 'tensor'")

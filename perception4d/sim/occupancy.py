@@ -1,0 +1,222 @@
+"""Ground-truth semantic occupancy, visibility and voxel velocity around the ego.
+
+* ``semantics``: a voxel holds the compact class (``perception4d.core.labels.OCC_CLASSES``)
+  of the primitive volumes it intersects (closed voxel box against the closed
+  solid, grown by 1 mm), occluded space included. The ground is the solid
+  half-space z <= 0. Where several volumes meet, the higher ``KindInfo.priority``
+  wins (ground lowest, movable objects highest).
+* ``visible``: voxels crossed by a segment from a ray's origin to its return
+  (3-D DDA, Amanatides & Woo), the return's voxel and the origin's voxel.
+  Rays without a return mark nothing.
+* ``velocity``: m/s of the volume owning the voxel relative to the world,
+  expressed in the ego axes (rigid motion at the voxel centre); zero for
+  static volumes and free space.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+
+from perception4d.core.geometry import Geometry
+from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
+from perception4d.errors import DataFormatError
+
+OCC3D_GEOMETRY = Geometry(point_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), voxel_size=(0.4, 0.4, 0.4))
+_GROW = 1e-3  # m: closed-set tolerance of the voxel/solid test
+NO_OWNER = -2
+GROUND_OWNER = -1
+
+
+@dataclass
+class OccupancyGT:
+    """Per-frame occupancy ground truth on ``geometry`` (ego frame, (X, Y, Z) index order)."""
+
+    semantics: np.ndarray  # (X, Y, Z) uint8 compact class, 0 = free
+    visible: np.ndarray  # (X, Y, Z) bool
+    velocity: np.ndarray  # (X, Y, Z, 3) float32 m/s
+    geometry: Geometry
+
+    def voxel_index(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 3) integer voxel index of ego-frame points and the mask of points inside the grid."""
+        idx = np.floor((np.asarray(xyz, np.float64) - self.geometry.lower) /
+                       np.asarray(self.geometry.voxel_size)).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < np.asarray(self.geometry.grid_shape)), axis=1)
+        return idx, inside
+
+
+@nb.njit(cache=True)
+def _overlaps(p, x0, y0, z0, vx, vy, vz):
+    """Whether primitive row p meets the voxel box [x0, x0+vx] x [y0, y0+vy] x [z0, z0+vz]."""
+    hvx, hvy, hvz = 0.5 * vx, 0.5 * vy, 0.5 * vz
+    cx, cy, cz = x0 + hvx, y0 + hvy, z0 + hvz
+    dx, dy, dz = p[1] - cx, p[2] - cy, p[3] - cz
+    if p[0] == 0:
+        c, s = p[7], p[8]
+        hx, hy, hz = p[4] + _GROW, p[5] + _GROW, p[6] + _GROW
+        ac, as_ = abs(c), abs(s)
+        return (abs(dz) <= hvz + hz and abs(dx) <= hvx + hx * ac + hy * as_
+                and abs(dy) <= hvy + hx * as_ + hy * ac
+                and abs(dx * c + dy * s) <= hx + hvx * ac + hvy * as_
+                and abs(-dx * s + dy * c) <= hy + hvx * as_ + hvy * ac)
+    qx = min(max(p[1], x0), x0 + vx) - p[1]
+    qy = min(max(p[2], y0), y0 + vy) - p[2]
+    qz = min(max(p[3], z0), z0 + vz) - p[3]
+    if p[0] == 1:
+        r = p[4] + _GROW
+        return abs(dz) <= hvz + p[6] + _GROW and qx * qx + qy * qy <= r * r
+    a, cc = p[4] + _GROW, p[6] + _GROW
+    return (qx / a) ** 2 + (qy / a) ** 2 + (qz / cc) ** 2 <= 1.0
+
+
+@nb.njit(cache=True)
+def _rasterize(prims, order, lower, vs, shape, owner):
+    """Write each primitive's index into the voxels it meets, in ``order`` (later wins)."""
+    for j in order:
+        p = prims[j]
+        if p[0] == 0:
+            ex = abs(p[7]) * p[4] + abs(p[8]) * p[5]
+            ey = abs(p[8]) * p[4] + abs(p[7]) * p[5]
+        else:
+            ex = ey = p[4]
+        lo = (p[1] - ex - _GROW, p[2] - ey - _GROW, p[3] - p[6] - _GROW)
+        hi = (p[1] + ex + _GROW, p[2] + ey + _GROW, p[3] + p[6] + _GROW)
+        i0 = max(0, int(math.floor((lo[0] - lower[0]) / vs[0])))
+        i1 = min(shape[0] - 1, int(math.floor((hi[0] - lower[0]) / vs[0])))
+        j0 = max(0, int(math.floor((lo[1] - lower[1]) / vs[1])))
+        j1 = min(shape[1] - 1, int(math.floor((hi[1] - lower[1]) / vs[1])))
+        k0 = max(0, int(math.floor((lo[2] - lower[2]) / vs[2])))
+        k1 = min(shape[2] - 1, int(math.floor((hi[2] - lower[2]) / vs[2])))
+        for ix in range(i0, i1 + 1):
+            for iy in range(j0, j1 + 1):
+                for iz in range(k0, k1 + 1):
+                    if _overlaps(p, lower[0] + ix * vs[0], lower[1] + iy * vs[1], lower[2] + iz * vs[2],
+                                 vs[0], vs[1], vs[2]):
+                        owner[ix, iy, iz] = j
+
+
+@nb.njit(parallel=True, cache=True)
+def trace_visibility(origins, ends, lower, vs, shape, visible):
+    """Mark the voxels crossed by each segment origin -> end (both included) in ``visible``."""
+    upper = (lower[0] + shape[0] * vs[0], lower[1] + shape[1] * vs[1], lower[2] + shape[2] * vs[2])
+    for r in nb.prange(origins.shape[0]):
+        o = (origins[r, 0], origins[r, 1], origins[r, 2])
+        d = (ends[r, 0] - o[0], ends[r, 1] - o[1], ends[r, 2] - o[2])
+        t0, t1 = 0.0, 1.0
+        for k in range(3):  # clip the segment to the grid box
+            if abs(d[k]) < 1e-12:
+                if o[k] < lower[k] or o[k] > upper[k]:
+                    t0, t1 = 1.0, 0.0
+            else:
+                a, b = (lower[k] - o[k]) / d[k], (upper[k] - o[k]) / d[k]
+                t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+        if t0 > t1:
+            continue
+        idx = np.empty(3, np.int64)
+        step = np.zeros(3, np.int64)
+        tmax = np.full(3, math.inf)
+        tdelta = np.full(3, math.inf)
+        for k in range(3):
+            pk = o[k] + t0 * d[k]
+            idx[k] = min(max(int(math.floor((pk - lower[k]) / vs[k])), 0), shape[k] - 1)
+            if d[k] > 1e-12:
+                step[k] = 1
+                tmax[k] = (lower[k] + (idx[k] + 1) * vs[k] - o[k]) / d[k]
+                tdelta[k] = vs[k] / d[k]
+            elif d[k] < -1e-12:
+                step[k] = -1
+                tmax[k] = (lower[k] + idx[k] * vs[k] - o[k]) / d[k]
+                tdelta[k] = -vs[k] / d[k]
+        while True:
+            visible[idx[0], idx[1], idx[2]] = True
+            k = 0
+            if tmax[1] < tmax[k]:
+                k = 1
+            if tmax[2] < tmax[k]:
+                k = 2
+            if tmax[k] > t1:
+                break
+            idx[k] += step[k]
+            if idx[k] < 0 or idx[k] >= shape[k]:
+                break
+            tmax[k] += tdelta[k]
+        if t1 >= 1.0:  # the end point is inside the grid: its voxel is observed (guards DDA round-off)
+            e = np.empty(3, np.int64)
+            for k in range(3):
+                e[k] = min(max(int(math.floor((ends[r, k] - lower[k]) / vs[k])), 0), shape[k] - 1)
+            visible[e[0], e[1], e[2]] = True
+
+
+def rasterize_owner(prims: np.ndarray, priority: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(X, Y, Z) int64 owner primitive per voxel: index, ``GROUND_OWNER`` or ``NO_OWNER``."""
+    shape = np.asarray(geometry.grid_shape, np.int64)
+    lower = np.asarray(geometry.point_range[:3], np.float64)
+    vs = np.asarray(geometry.voxel_size, np.float64)
+    owner = np.full(tuple(shape), NO_OWNER, np.int64)
+    ground_layers = int(np.clip(np.floor((0.0 + _GROW - lower[2]) / vs[2]) + 1, 0, shape[2]))
+    owner[:, :, :ground_layers] = GROUND_OWNER
+    order = np.argsort(priority, kind="stable").astype(np.int64)
+    _rasterize(np.ascontiguousarray(prims, np.float64), order, lower, vs, shape, owner)
+    return owner
+
+
+def visibility(origins: np.ndarray, ends: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(X, Y, Z) bool mask of voxels observed by segments origin -> end (ego frame)."""
+    shape = np.asarray(geometry.grid_shape, np.int64)
+    visible = np.zeros(tuple(shape), dtype=np.bool_)
+    trace_visibility(np.ascontiguousarray(origins, np.float64), np.ascontiguousarray(ends, np.float64),
+                     np.asarray(geometry.point_range[:3], np.float64), np.asarray(geometry.voxel_size, np.float64),
+                     shape, visible)
+    return visible
+
+
+def save_occupancy(occ: OccupancyGT, path: str | Path) -> None:
+    """One frame as ``.npz``: semantics (uint8), mask_lidar (uint8 0/1), velocity (float32 m/s)."""
+    np.savez_compressed(path, semantics=occ.semantics, mask_lidar=occ.visible.astype(np.uint8),
+                        velocity=occ.velocity)
+
+
+def occupancy_meta(geometry: Geometry) -> dict:
+    """The JSON description written beside the ``.npz`` files (see docs/data_formats.md)."""
+    return {
+        "frame": "ego",
+        "index_order": "x, y, z",
+        "point_range": list(geometry.point_range),
+        "voxel_size": list(geometry.voxel_size),
+        "grid_shape": list(geometry.grid_shape),
+        "classes": list(OCC_CLASSES),
+        "free_index": OCC_FREE,
+        "ignore_index": OCC_IGNORE,
+        "velocity_units": "m/s relative to the world, ego axes",
+    }
+
+
+def load_occupancy(path: str | Path, geometry: Geometry) -> OccupancyGT:
+    """Read one ``.npz`` written by ``save_occupancy``; shapes are checked against ``geometry``."""
+    path = Path(path)
+    with np.load(path) as z:
+        missing = {"semantics", "mask_lidar", "velocity"} - set(z.files)
+        if missing:
+            raise DataFormatError(path, f"missing arrays {sorted(missing)}; it has {z.files}")
+        sem, vis, vel = z["semantics"], z["mask_lidar"].astype(bool), z["velocity"]
+    shape = tuple(geometry.grid_shape)
+    if sem.shape != shape or vis.shape != shape or vel.shape != shape + (3,):
+        raise DataFormatError(path, f"arrays of shapes {sem.shape}, {vis.shape}, {vel.shape} do not match the "
+                                    f"grid {shape}")
+    return OccupancyGT(semantics=sem.astype(np.uint8), visible=vis, velocity=vel.astype(np.float32),
+                       geometry=geometry)
+
+
+def load_occupancy_geometry(meta_path: str | Path) -> Geometry:
+    """The grid ``Geometry`` of an ``occupancy.json``."""
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        return Geometry(point_range=tuple(meta["point_range"]), voxel_size=tuple(meta["voxel_size"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataFormatError(meta_path, f"not an occupancy description ({e})") from None

@@ -1,0 +1,328 @@
+"""Procedural street scene: a straight street along world x, built from a seed.
+
+Layout across the street (world y, metres from the centre line): road
+``|y| < road_half_width`` (four 3.25 m lanes and a 2 m parking strip each
+side), sidewalks up to ``road_half_width + sidewalk_width``, terrain beyond.
+The ground is the plane z = 0 (solid below). Objects are single primitives
+resting on or above the ground: buildings, parked and moving cars, cyclists
+and pedestrians are yawed boxes, poles and tree trunks vertical cylinders,
+tree crowns and bushes vertical spheroids, traffic signs thin boxes.
+
+Every object's footprint (2-D oriented box and height interval) is checked
+against the others and against the ego vehicle at 20 ms steps over the
+whole sequence, so nothing intersects the ego or another object; a moving
+object that cannot be placed after a few draws is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+
+import numpy as np
+
+from perception4d.sim.motion import EgoPath, Trajectory, motion_states, obb_overlap
+
+
+class Shape(IntEnum):
+    BOX = 0
+    CYLINDER = 1
+    SPHEROID = 2
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    semantic: int  # SemanticKITTI id while static
+    moving_semantic: int  # SemanticKITTI id while moving (same as semantic for kinds that never move)
+    flow_category: int  # Argoverse 2 scene-flow category index (0 = background)
+    thing: bool  # gets a unique instance id
+    priority: int  # which class wins a voxel shared by two objects (higher wins; ground is 0)
+
+
+# AV2 category indices (av2.evaluation.scene_flow.constants.CATEGORY_TO_INDEX).
+# The ego body kept clear of every object: a box ahead of the ego origin (rear axle, on the ground).
+EGO_HALF_EXTENTS = (2.4, 1.0, 1.0)
+EGO_CENTER_X = 1.3
+
+AV2_BICYCLIST, AV2_PEDESTRIAN, AV2_REGULAR_VEHICLE, AV2_SIGN = 4, 17, 19, 21
+
+KINDS: dict[str, KindInfo] = {
+    "building": KindInfo(50, 50, 0, False, 1),
+    "crown": KindInfo(70, 70, 0, False, 2),
+    "bush": KindInfo(70, 70, 0, False, 2),
+    "trunk": KindInfo(71, 71, 0, False, 3),
+    "pole": KindInfo(80, 80, 0, False, 3),
+    "sign": KindInfo(81, 81, AV2_SIGN, False, 3),
+    "car": KindInfo(10, 252, AV2_REGULAR_VEHICLE, True, 4),
+    "cyclist": KindInfo(31, 253, AV2_BICYCLIST, True, 4),
+    "pedestrian": KindInfo(30, 254, AV2_PEDESTRIAN, True, 4),
+}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One primitive. ``half_extents``: box (half length, half width, half height); cylinder
+    (radius, radius, half height); spheroid (horizontal radius, same, vertical semi-axis)."""
+
+    kind: str
+    shape: Shape
+    half_extents: tuple[float, float, float]
+    center_z: float
+    trajectory: Trajectory
+    instance: int
+    reflectivity: float
+
+    @property
+    def info(self) -> KindInfo:
+        return KINDS[self.kind]
+
+    @property
+    def semantic(self) -> int:
+        return self.info.moving_semantic if self.trajectory.is_moving else self.info.semantic
+
+
+@dataclass(frozen=True)
+class Street:
+    road_half_width: float = 8.5
+    sidewalk_width: float = 3.5
+
+    def ground_semantic(self, y_world: np.ndarray) -> np.ndarray:
+        """SemanticKITTI id of the ground at world y: road 40, sidewalk 48, terrain 72."""
+        a = np.abs(np.asarray(y_world))
+        out = np.full(a.shape, 72, dtype=np.uint16)
+        out[a < self.road_half_width + self.sidewalk_width] = 48
+        out[a < self.road_half_width] = 40
+        return out
+
+
+@dataclass(frozen=True)
+class Scene:
+    seed: int
+    street: Street
+    ego: EgoPath
+    objects: tuple[SceneObject, ...]
+    duration_s: float
+    x_range: tuple[float, float]
+
+    @cached_property
+    def params(self) -> np.ndarray:
+        """(P, 6) trajectory parameters of every object (see ``Trajectory.params``)."""
+        return np.stack([o.trajectory.params() for o in self.objects]) if self.objects else np.zeros((0, 6))
+
+    @cached_property
+    def shapes(self) -> np.ndarray:
+        return np.array([int(o.shape) for o in self.objects], dtype=np.int64)
+
+    @cached_property
+    def half_extents(self) -> np.ndarray:
+        return np.array([o.half_extents for o in self.objects], dtype=np.float64).reshape(-1, 3)
+
+    @cached_property
+    def center_z(self) -> np.ndarray:
+        return np.array([o.center_z for o in self.objects], dtype=np.float64)
+
+    def column(self, name: str) -> np.ndarray:
+        """Per-object array of a property: semantic, instance, flow_category, priority, reflectivity, moving."""
+        getters = {
+            "semantic": (lambda o: o.semantic, np.uint16),
+            "instance": (lambda o: o.instance, np.uint16),
+            "flow_category": (lambda o: o.info.flow_category, np.uint8),
+            "priority": (lambda o: o.info.priority, np.int64),
+            "reflectivity": (lambda o: o.reflectivity, np.float64),
+            "moving": (lambda o: o.trajectory.is_moving, bool),
+        }
+        fn, dtype = getters[name]
+        return np.array([fn(o) for o in self.objects], dtype=dtype)
+
+    def states(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, yaw (P,) of every object at time t."""
+        x, y, yaw = motion_states(self.params, np.asarray([t]))
+        return x[:, 0], y[:, 0], yaw[:, 0]
+
+    def primitives_in_ego(self, t: float) -> np.ndarray:
+        """(P, 9) float64 rows (shape, cx, cy, cz, hx, hy, hz, cos yaw, sin yaw) in ego(t) coordinates."""
+        x, y, yaw = self.states(t)
+        ex, ey, eyaw = (float(v) for v in self.ego.state(np.asarray(t)))
+        c, s = np.cos(eyaw), np.sin(eyaw)
+        dx, dy = x - ex, y - ey
+        out = np.empty((len(self.objects), 9), dtype=np.float64)
+        out[:, 0] = self.shapes
+        out[:, 1] = c * dx + s * dy
+        out[:, 2] = -s * dx + c * dy
+        out[:, 3] = self.center_z
+        out[:, 4:7] = self.half_extents
+        out[:, 7] = np.cos(yaw - eyaw)
+        out[:, 8] = np.sin(yaw - eyaw)
+        return out
+
+    def summary(self) -> dict[str, int]:
+        """Object counts by kind and motion model, e.g. {'car/turning': 2, 'building/static': 18}."""
+        out: dict[str, int] = {}
+        for o in self.objects:
+            key = f"{o.kind}/{o.trajectory.kind}"
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items()))
+
+
+@dataclass
+class _Placer:
+    """Accepts objects whose footprints stay clear of the ego and of everything accepted so far."""
+
+    times: np.ndarray  # (K,)
+    ego_boxes: np.ndarray  # (K, 7) rows (cx, cy, yaw, hx, hy, zlo, zhi)
+    static: list = field(default_factory=list)  # (7,) rows
+    moving: list = field(default_factory=list)  # (K, 7) arrays
+
+    @staticmethod
+    def _hit(a: np.ndarray, b: np.ndarray) -> bool:
+        z_ok = (a[..., 5] < b[..., 6]) & (b[..., 5] < a[..., 6])
+        return bool(np.any(z_ok & obb_overlap(a, b)))
+
+    def fits(self, boxes: np.ndarray, margin: float) -> bool:
+        """``boxes``: (7,) for a static object or (K, 7) for a moving one (one row per time)."""
+        grown = boxes.copy()
+        grown[..., 3:5] += margin
+        if self._hit(grown, self.ego_boxes):
+            return False
+        if self.static and self._hit(grown[..., None, :], np.stack(self.static)):
+            return False
+        return not any(self._hit(grown, m) for m in self.moving)
+
+    def add(self, boxes: np.ndarray) -> None:
+        (self.moving if boxes.ndim == 2 else self.static).append(boxes)
+
+
+def _footprint(obj: SceneObject, times: np.ndarray | None) -> np.ndarray:
+    hx, hy, hz = obj.half_extents
+    zlo, zhi = obj.center_z - hz, obj.center_z + hz
+    if times is None:
+        t = obj.trajectory
+        return np.array([t.x0, t.y0, t.yaw0, hx, hy, zlo, zhi])
+    x, y, yaw = motion_states(obj.trajectory.params()[None], times)
+    k = len(times)
+    return np.stack([x[0], y[0], yaw[0], np.full(k, hx), np.full(k, hy), np.full(k, zlo), np.full(k, zhi)], 1)
+
+
+class _Builder:
+    def __init__(self, rng: np.random.Generator, street: Street, ego: EgoPath, duration: float, x_range):
+        self.rng, self.street, self.x_range = rng, street, x_range
+        times = np.arange(0.0, duration + 1e-9, 0.02)
+        ex, ey, eyaw = ego.state(times)
+        c, (hx, hy, hz) = EGO_CENTER_X, EGO_HALF_EXTENTS
+        ego_boxes = np.stack([ex + c * np.cos(eyaw), ey + c * np.sin(eyaw), eyaw, np.full_like(ex, hx),
+                              np.full_like(ex, hy), np.zeros_like(ex), np.full_like(ex, 2 * hz)], 1)
+        self.times = times
+        self.placer = _Placer(times, ego_boxes)
+        self.objects: list[SceneObject] = []
+        self.next_instance = 1
+
+    def make(self, kind, shape, half, cz, traj: Trajectory, refl) -> SceneObject:
+        return SceneObject(kind, shape, tuple(float(h) for h in half), float(cz), traj,
+                           self.next_instance if KINDS[kind].thing else 0, float(refl))
+
+    def add(self, *objs: SceneObject, margin: float = 0.3) -> bool:
+        """Add the objects together if each one fits (a tree's trunk and crown, a sign and its pole)."""
+        boxes = [_footprint(o, self.times if o.trajectory.is_moving else None) for o in objs]
+        if not all(self.placer.fits(b, margin) for b in boxes):
+            return False
+        for o, b in zip(objs, boxes):
+            self.placer.add(b)
+            self.objects.append(o)
+            self.next_instance += int(o.info.thing)
+        return True
+
+    def along(self, gap_lo, gap_hi, size_lo, size_hi):
+        """Consecutive (x_centre, length) slots along the street."""
+        x = self.x_range[0] + self.rng.uniform(0, gap_hi)
+        while True:
+            length = self.rng.uniform(size_lo, size_hi)
+            if x + length > self.x_range[1]:
+                return
+            yield x + length / 2, length
+            x += length + self.rng.uniform(gap_lo, gap_hi)
+
+    def static_layer(self):
+        rng, mk, rw, sw = self.rng, self.make, self.street.road_half_width, self.street.sidewalk_width
+        front = rw + sw
+        for side in (-1.0, 1.0):
+            for xc, length in self.along(1.0, 9.0, 8.0, 25.0):  # buildings
+                depth, height = rng.uniform(8, 16), rng.uniform(5, 20)
+                y = side * (front + rng.uniform(1.0, 4.0) + depth / 2)
+                self.add(mk("building", Shape.BOX, (length / 2, depth / 2, height / 2), height / 2,
+                            Trajectory(xc, y, 0.0), rng.uniform(0.25, 0.5)), margin=0.0)
+                if rng.uniform() < 0.5:  # a bush near the building front
+                    a, c = rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.9)
+                    self.add(mk("bush", Shape.SPHEROID, (a, a, c), 0.6 * c,
+                                Trajectory(xc + rng.uniform(-length, length) / 2, side * (front + 0.1 + a), 0.0),
+                                rng.uniform(0.35, 0.55)))
+            for xc, _ in self.along(18.0, 30.0, 0.3, 0.3):  # street lamps
+                h = rng.uniform(5.0, 8.0)
+                self.add(mk("pole", Shape.CYLINDER, (0.12, 0.12, h / 2), h / 2,
+                            Trajectory(xc, side * (rw + 0.6), 0.0), rng.uniform(0.4, 0.6)))
+            for xc, _ in self.along(25.0, 60.0, 0.1, 0.1):  # traffic signs: short pole + plate
+                at = Trajectory(xc, side * (rw + 0.4), 0.0)
+                self.add(mk("pole", Shape.CYLINDER, (0.04, 0.04, 1.4), 1.4, at, 0.5),
+                         mk("sign", Shape.BOX, (0.03, 0.35, 0.35), 2.45, at, rng.uniform(0.8, 1.0)))
+            for xc, _ in self.along(7.0, 16.0, 0.4, 0.4):  # trees: trunk + crown (crown bottom >= 2 m)
+                trunk_h, r = rng.uniform(3.0, 4.0), rng.uniform(0.12, 0.25)
+                a, c = rng.uniform(1.2, 2.0), rng.uniform(1.0, 2.0)
+                at = Trajectory(xc, side * (rw + 1.3), 0.0)
+                self.add(mk("trunk", Shape.CYLINDER, (r, r, trunk_h / 2), trunk_h / 2, at, rng.uniform(0.25, 0.35)),
+                         mk("crown", Shape.SPHEROID, (a, a, c), trunk_h + 0.5 * c, at, rng.uniform(0.4, 0.55)))
+            for xc, length in self.along(0.8, 10.0, 4.0, 4.9):  # parked cars in the parking strip
+                yaw = (0.0 if rng.uniform() < 0.5 else np.pi) + rng.uniform(-0.03, 0.03)
+                self.add(mk("car", Shape.BOX, (length / 2, 0.9, 0.75), 0.75,
+                            Trajectory(xc, side * (rw - 1.0), yaw), rng.uniform(0.5, 0.8)), margin=0.2)
+            for _ in range(rng.poisson((self.x_range[1] - self.x_range[0]) / 80.0)):  # standing people
+                y = side * (rw + rng.uniform(1.8, sw - 0.4))
+                self.add(mk("pedestrian", Shape.BOX, (0.25, 0.3, 0.88), 0.88,
+                            Trajectory(rng.uniform(*self.x_range), y, rng.uniform(-np.pi, np.pi)),
+                            rng.uniform(0.3, 0.4)))
+
+    def mover(self, kind: str, motion: str, tries: int = 20) -> None:
+        rng, rw = self.rng, self.street.road_half_width
+        lo, hi = self.x_range[0] + 10.0, self.x_range[1] - 10.0
+        for _ in range(tries):
+            forward = rng.uniform() < 0.5
+            heading = 0.0 if forward else np.pi
+            if kind == "car":
+                lane = rng.choice([-4.875, -1.625]) if forward else rng.choice([1.625, 4.875])
+                half, speed, rate, acc = (rng.uniform(2.0, 2.45), 0.9, 0.75), rng.uniform(6, 14), \
+                    rng.uniform(0.04, 0.12), rng.uniform(0.5, 2.5)
+                y, refl = lane, rng.uniform(0.5, 0.8)
+            elif kind == "cyclist":
+                half, speed, rate, acc = (0.9, 0.3, 0.85), rng.uniform(3, 7), rng.uniform(0.05, 0.2), \
+                    rng.uniform(0.3, 1.0)
+                y, refl = (-5.9 if forward else 5.9), rng.uniform(0.4, 0.5)
+            else:
+                half, speed, rate, acc = (0.25, 0.3, 0.88), rng.uniform(1.0, 1.8), rng.uniform(0.15, 0.5), \
+                    rng.uniform(0.2, 0.6)
+                side = -1.0 if rng.uniform() < 0.5 else 1.0
+                y, refl = side * (rw + rng.uniform(1.5, self.street.sidewalk_width - 0.5)), rng.uniform(0.3, 0.4)
+            traj = Trajectory(rng.uniform(lo, hi), y, heading + rng.uniform(-0.02, 0.02), speed,
+                              yaw_rate=(rate * (1 if rng.uniform() < 0.5 else -1)) if motion == "turning" else 0.0,
+                              accel=acc if motion == "accelerating" else 0.0)
+            if self.add(self.make(kind, Shape.BOX, half, half[2], traj, refl)):
+                return
+
+
+def generate_scene(seed: int, duration_s: float, margin_m: float = 100.0) -> Scene:
+    """A street scene covering the ego path over ``duration_s`` seconds plus ``margin_m`` each way."""
+    rng = np.random.default_rng(seed)
+    street = Street()
+    weave = rng.uniform(0.2, 0.6) if rng.uniform() < 0.7 else 0.0
+    ego = EgoPath(speed=rng.uniform(6.0, 10.0), lane_y=-1.625, weave_amplitude=weave,
+                  weave_wavelength=rng.uniform(50.0, 90.0))
+    x_range = (-margin_m, ego.speed * duration_s + margin_m)
+    b = _Builder(rng, street, ego, duration_s, x_range)
+    b.static_layer()
+    length = x_range[1] - x_range[0]
+    motions = ["turning", "accelerating", "constant_velocity"]
+    for kind, per_m in (("car", 1 / 25.0), ("cyclist", 1 / 70.0), ("pedestrian", 1 / 20.0)):
+        count = max(3, int(rng.poisson(length * per_m)))
+        for k in range(count):
+            # the first three of each kind cover every motion model; the rest draw one
+            b.mover(kind, motions[k] if k < 3 else str(rng.choice(motions, p=[0.25, 0.25, 0.5])))
+    return Scene(seed=seed, street=street, ego=ego, objects=tuple(b.objects), duration_s=float(duration_s),
+                 x_range=x_range)

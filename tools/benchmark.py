@@ -1,0 +1,304 @@
+"""Benchmarks of perception4d stages, printed as Markdown tables.
+
+    python tools/benchmark.py voxelize [--device cpu|cuda] [--points 100000] [--frames 5] [--repeats 20]
+
+Each subcommand is a function registered in ``COMMANDS``; the helpers below
+(timing, peak memory, environment line, table) are shared by all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- registry -------------------------------------------------------------------------------------
+@dataclass
+class Command:
+    run: Callable[[argparse.Namespace], None]
+    configure: Callable[[argparse.ArgumentParser], None]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn(args)`` as the subcommand ``name``; ``configure`` adds its arguments."""
+
+    def deco(fn: Callable[[argparse.Namespace], None]):
+        COMMANDS[name] = Command(fn, configure, help)
+        return fn
+
+    return deco
+
+
+# -- shared helpers ---------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    runs: int
+    first_call_s: float  # the first (warm-up) call: includes compilation or cache loading
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> Timing:
+    """Median wall time of ``repeats`` calls after ``warmup`` calls (device synchronized around each)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return Timing(float(np.median(times)), float(np.min(times)), repeats, first)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_rss_peak() -> bool:
+    """Release freed heap pages and reset VmHWM to the current RSS (Linux); False where not possible."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
+    """(bytes, method): memory added at the peak of one call of ``fn``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call. CPU: peak resident
+    set (VmHWM after resetting it) above the RSS before the call, which covers numba, numpy and torch
+    allocations; where VmHWM cannot be reset, tracemalloc's peak (Python and numpy allocations only).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        del out
+        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
+    if _reset_rss_peak():
+        base = _status_kib("VmRSS")
+        out = fn()
+        peak = _status_kib("VmHWM")
+        del out
+        return max(0, peak - base) * 1024, "peak RSS (VmHWM)"
+    tracemalloc.start()
+    out = fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del out
+    return peak, "tracemalloc peak"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    return f"CPU box: {os.cpu_count()} cores, {cpu_model()}"
+
+
+def environment_line(device: torch.device) -> str:
+    return (f"device: {device_name(device)} | torch {torch.__version__} (threads {torch.get_num_threads()}) | "
+            f"python {platform.python_version()} | code {code_version()} | date {datetime.date.today().isoformat()}")
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"benchmark: --device {name} asked for, but torch sees no CUDA device")
+    return device
+
+
+# -- voxelize -------------------------------------------------------------------------------------
+def synthetic_sweeps(points_per_sweep: int, frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """LiDAR-like sweeps (x, y, z, intensity) float32 and their time index int32.
+
+    Beams at elevations -25..+3 degrees from a sensor 1.8 m up hit the ground or an obstacle at an
+    exponentially distributed range; the ego moves 1 m along x per sweep.
+    """
+    rng = np.random.default_rng(seed)
+    chunks, times = [], []
+    height = 1.8
+    for t in range(frames):
+        n = points_per_sweep
+        azimuth = rng.uniform(-np.pi, np.pi, n)
+        elevation = np.deg2rad(rng.uniform(-25.0, 3.0, n))
+        down = np.maximum(-elevation, 1e-3)
+        ground = np.where(elevation < 0, height / np.tan(down), np.inf)
+        rng_m = np.minimum(np.minimum(ground, rng.exponential(25.0, n) + 1.5), 120.0) + rng.normal(0, 0.02, n)
+        x = rng_m * np.cos(elevation) * np.cos(azimuth) + (t - frames + 1) * 1.0
+        y = rng_m * np.cos(elevation) * np.sin(azimuth)
+        z = rng_m * np.sin(elevation)
+        chunks.append(np.stack([x, y, z, rng.uniform(0, 1, n)], 1).astype(np.float32))
+        times.append(np.full(n, t, np.int32))
+    return np.concatenate(chunks), np.concatenate(times)
+
+
+def kitti_sweeps(paths: list[str], frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """SemanticKITTI velodyne scans, cycled over the frames, each shifted 1 m along x per frame."""
+    chunks, times = [], []
+    for t in range(frames):
+        pts = np.fromfile(paths[t % len(paths)], dtype=np.float32).reshape(-1, 4).copy()
+        pts[:, 0] += (t - frames + 1) * 1.0
+        chunks.append(pts)
+        times.append(np.full(len(pts), t, np.int32))
+    return np.concatenate(chunks), np.concatenate(times)
+
+
+def numpy_reference(points: np.ndarray, time: np.ndarray, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The simplest voxelization: np.floor, np.unique(axis=0, return_inverse=True), np.add.at mean."""
+    finite = np.isfinite(points).all(1)
+    keep = finite & ((points[:, :3] >= geometry.lower) & (points[:, :3] < geometry.upper)).all(1)
+    pts = points[keep]
+    q = np.floor((pts[:, :3] - geometry.lower) / np.asarray(geometry.voxel_size, np.float32)).astype(np.int64)
+    q = np.minimum(q, np.asarray(geometry.grid_shape) - 1)
+    vox = np.column_stack([np.zeros(len(pts), np.int64), q, time[keep]])
+    coords, inverse, counts = np.unique(vox, axis=0, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(coords), points.shape[1]))
+    np.add.at(sums, inverse.reshape(-1), pts)
+    return coords.astype(np.int32), (sums / counts[:, None]).astype(np.float32), counts
+
+
+def _configure_voxelize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]; cuda runs the torch backend on the GPU")
+    p.add_argument("--points", type=int, default=100_000, help="points per synthetic sweep")
+    p.add_argument("--frames", type=int, default=5, help="sweeps per window (time indices)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per backend (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (numba compiles on the first)")
+    p.add_argument("--reference-repeats", type=int, default=3, help="timed runs of the slow numpy reference")
+    p.add_argument("--voxel-size", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", nargs="+", metavar="PATH", help="SemanticKITTI velodyne .bin scans instead of "
+                   "synthetic sweeps (cycled over the frames)")
+
+
+@command("voxelize", "points -> SparseTensor4D: numba and torch backends against a numpy reference",
+         _configure_voxelize)
+def bench_voxelize(args: argparse.Namespace) -> None:
+    from perception4d.core.geometry import Geometry
+    from perception4d.core.voxelize import voxelize
+
+    device = resolve_device(args.device)
+    vs = args.voxel_size
+    geometry = Geometry((-51.2, -51.2, -3.0, 51.2, 51.2, 3.4), (vs, vs, vs), args.frames)
+    if args.data:
+        points, time_idx = kitti_sweeps(args.data, args.frames)
+        source = f"SemanticKITTI scans {', '.join(Path(p).name for p in args.data)}"
+    else:
+        points, time_idx = synthetic_sweeps(args.points, args.frames, args.seed)
+        source = f"synthetic LiDAR sweeps, {args.points} points each"
+    n = len(points)
+    cpu = torch.device("cpu")
+
+    def numba_run():
+        return voxelize(points, time_idx, geometry, backend="numba")
+
+    pts_dev = torch.from_numpy(points).to(device)
+    time_dev = torch.from_numpy(time_idx).to(device)
+
+    def torch_run():
+        return voxelize(pts_dev, time_dev, geometry, backend="torch")
+
+    runs = [("numba", cpu, numba_run, args.repeats), (f"torch ({device.type})", device, torch_run, args.repeats),
+            ("numpy reference", cpu, lambda: numpy_reference(points, time_idx, geometry), args.reference_repeats)]
+    results = []
+    for name, dev, fn, repeats in runs:
+        warm = args.warmup if name != "numpy reference" else 1
+        timing = time_call(fn, dev, repeats, warmup=warm)
+        mem, method = peak_memory(fn, dev)
+        results.append((name, dev, timing, mem, method))
+
+    ref_s = results[-1][2].median_s
+    rows = [[name, dev.type, f"{t.median_s * 1e3:.1f}", f"{n / t.median_s / 1e6:.1f}", f"{mem / 2**20:.0f}",
+             f"{ref_s / t.median_s:.1f}x"] for name, dev, t, mem, _ in results]
+    a, b = numba_run(), torch_run()
+    ref_coords, _, _ = numpy_reference(points, time_idx, geometry)
+    same = (torch.equal(a.coords, b.coords.cpu()) and torch.equal(a.point_to_voxel, b.point_to_voxel.cpu())
+            and np.array_equal(a.coords.numpy(), ref_coords))
+    print(f"## voxelize: {n} points ({args.frames} frames, {source}), {a.num_voxels} voxels, "
+          f"voxel {vs} m over +-51.2 x +-51.2 x [-3, 3.4] m, {points.shape[1]} columns")
+    print(environment_line(device))
+    print()
+    print(markdown_table(["backend", "device", "ms / window", "M points/s", "peak memory (MiB)",
+                          "speed-up vs numpy"], rows))
+    print()
+    print(f"median of {args.repeats} runs after {args.warmup} warm-up runs (numpy reference: "
+          f"{args.reference_repeats}); memory: {results[0][4]} on CPU, {results[1][4]} for the torch row; "
+          f"first numba call {results[0][2].first_call_s:.2f} s (compilation or cache load); "
+          f"backends and reference agree: {'yes' if same else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
+    args = parser.parse_args(argv)
+    COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    main()
