@@ -16,7 +16,8 @@ def _segment_index(values: torch.Tensor, index: torch.Tensor, num_segments: int,
     if index.dtype != torch.int64 or index.ndim != 1:
         raise ValueError(f"scatter: index must be int64 (P,), got {index.dtype} {tuple(index.shape)}")
     if values.ndim < 1 or values.shape[0] != index.shape[0]:
-        raise ValueError(f"scatter: values has shape {tuple(values.shape)} but index has {index.shape[0]} rows")
+        raise ValueError(f"scatter: values has shape {tuple(values.shape)} but index has "
+                         f"{index.shape[0]} rows")
     if values.device != index.device:
         raise ValueError(f"scatter: values on {values.device} but index on {index.device}")
     if num_segments < 0:
@@ -32,14 +33,16 @@ def _per_row(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(-1, *([1] * (ndim - 1)))
 
 
-def scatter_sum(values: torch.Tensor, index: torch.Tensor, num_segments: int, check: bool = True) -> torch.Tensor:
+def scatter_sum(values: torch.Tensor, index: torch.Tensor, num_segments: int,
+                check: bool = True) -> torch.Tensor:
     """(num_segments, ...) sum of the rows of ``values`` per segment; rows with index -1 are ignored."""
     idx = _segment_index(values, index, num_segments, check)
     out = values.new_zeros((num_segments + 1, *values.shape[1:]))
     return out.index_add(0, idx, values)[:num_segments]
 
 
-def scatter_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int, check: bool = True) -> torch.Tensor:
+def scatter_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int,
+                 check: bool = True) -> torch.Tensor:
     """(num_segments, ...) mean of the rows of ``values`` per segment; empty segments are 0."""
     idx = _segment_index(values, index, num_segments, check)
     sums = values.new_zeros((num_segments + 1, *values.shape[1:])).index_add(0, idx, values)
@@ -47,7 +50,8 @@ def scatter_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int, c
     return (sums / _per_row(counts, values.ndim))[:num_segments]
 
 
-def scatter_max(values: torch.Tensor, index: torch.Tensor, num_segments: int, check: bool = True) -> torch.Tensor:
+def scatter_max(values: torch.Tensor, index: torch.Tensor, num_segments: int,
+                check: bool = True) -> torch.Tensor:
     """(num_segments, ...) element-wise max of the rows per segment; empty segments are 0.
 
     The gradient flows to the rows that attain the max (split evenly among ties).

@@ -95,6 +95,67 @@ def render_window(window, out_dir, prefix: str, extent: float = 50.0):
     return paths
 
 
+# --- train / eval ------------------------------------------------------------------------------
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config")
+    p.add_argument("--work-dir")
+    p.add_argument("--resume", nargs="?", const=True, default=False)
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+
+
+@command("train", _train_args)
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train from a config (mmengine Runner; same as tools/train.py)."""
+    from perception4d.engine.runner import train
+
+    train(args.config, args.work_dir, args.resume, None, args.launcher, args.amp)
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--work-dir")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+
+
+@command("eval", _eval_args)
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a config's test split (same as tools/test.py)."""
+    import json
+
+    from perception4d.engine.runner import test
+
+    print(json.dumps(test(args.config, args.checkpoint, args.work_dir, None, args.launcher), indent=2,
+                     default=float))
+    return 0
+
+
+# --- infer -------------------------------------------------------------------------------------
+
+def _infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=["flow"], default="flow")
+    p.add_argument("--data", required=True, help="dataset root, sequence folder or AV2 log")
+    p.add_argument("--format", default=None, help="semantickitti, av2 or nuscenes (default: detected)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default=None, help="default: the checkpoint shipped with the package")
+    p.add_argument("--config", default=None, help="default: the .py beside the checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--pictures", type=int, default=3, help="BEV pictures for the first N sweeps of each log")
+    p.add_argument("--metrics", action="store_true", help="also print AV2 metrics where flow labels exist")
+
+
+@command("infer", _infer_args)
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Per-point scene flow for every sweep with a next sweep: AV2 submission feathers + BEV pictures."""
+    from perception4d.tasks.flow_infer import run_flow_inference
+
+    return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                              args.pictures, args.metrics)
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 def _demo_args(p: argparse.ArgumentParser) -> None:

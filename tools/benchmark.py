@@ -139,8 +139,8 @@ def cpu_model() -> str:
 
 def code_version() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         return rev + ("-dirty" if dirty else "")
@@ -155,8 +155,9 @@ def device_name(device: torch.device) -> str:
 
 
 def environment_line(device: torch.device) -> str:
-    return (f"device: {device_name(device)} | torch {torch.__version__} (threads {torch.get_num_threads()}) | "
-            f"python {platform.python_version()} | code {code_version()} | date {datetime.date.today().isoformat()}")
+    return (f"device: {device_name(device)} | torch {torch.__version__} "
+            f"(threads {torch.get_num_threads()}) | python {platform.python_version()} | "
+            f"code {code_version()} | date {datetime.date.today().isoformat()}")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -208,7 +209,8 @@ def kitti_sweeps(paths: list[str], frames: int) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(chunks), np.concatenate(times)
 
 
-def numpy_reference(points: np.ndarray, time: np.ndarray, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def numpy_reference(points: np.ndarray, time: np.ndarray,
+                    geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The simplest voxelization: np.floor, np.unique(axis=0, return_inverse=True), np.add.at mean."""
     finite = np.isfinite(points).all(1)
     keep = finite & ((points[:, :3] >= geometry.lower) & (points[:, :3] < geometry.upper)).all(1)
@@ -262,8 +264,10 @@ def bench_voxelize(args: argparse.Namespace) -> None:
     def torch_run():
         return voxelize(pts_dev, time_dev, geometry, backend="torch")
 
-    runs = [("numba", cpu, numba_run, args.repeats), (f"torch ({device.type})", device, torch_run, args.repeats),
-            ("numpy reference", cpu, lambda: numpy_reference(points, time_idx, geometry), args.reference_repeats)]
+    runs = [("numba", cpu, numba_run, args.repeats),
+            (f"torch ({device.type})", device, torch_run, args.repeats),
+            ("numpy reference", cpu, lambda: numpy_reference(points, time_idx, geometry),
+             args.reference_repeats)]
     results = []
     for name, dev, fn, repeats in runs:
         warm = args.warmup if name != "numpy reference" else 1

@@ -42,7 +42,8 @@ def _index_array(a, name: str, n: int, device: torch.device) -> torch.Tensor:
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ValueError(f"voxelize: {name} must hold integer indices, got dtype {t.dtype}")
     if t.shape != (n,):
-        raise ValueError(f"voxelize: {name} must have shape ({n},) (one entry per point), got {tuple(t.shape)}")
+        raise ValueError(f"voxelize: {name} must have shape ({n},) (one entry per point), "
+                         f"got {tuple(t.shape)}")
     return t
 
 
@@ -88,7 +89,8 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
         raise ValueError(f"voxelize: backend must be one of {BACKENDS}, got {backend!r}")
     pts = _as_tensor(points, "points")
     if pts.ndim != 2 or pts.shape[1] < 3:
-        raise ValueError(f"voxelize: points must be (P, C) with C >= 3 (x, y, z first), got {tuple(pts.shape)}")
+        raise ValueError(f"voxelize: points must be (P, C) with C >= 3 (x, y, z first), "
+                         f"got {tuple(pts.shape)}")
     if not pts.dtype.is_floating_point:
         raise ValueError(f"voxelize: points must be floating point, got {pts.dtype}")
     pts = pts.to(torch.float32)
@@ -101,6 +103,8 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
     if np.prod(np.array(dims, dtype=np.float64)) >= 2.0**63:
         raise ValueError(f"voxelize: grid (batch, X, Y, Z, T) = {dims} is too large for int64 voxel keys")
 
+    lower, upper = geometry.lower, geometry.upper
+    voxel_size = np.asarray(geometry.voxel_size, np.float32)
     if backend == "auto":
         backend = "numba" if device.type == "cpu" else "torch"
     if backend == "numba":
@@ -111,7 +115,7 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
 
         res = voxelize_numba(np.ascontiguousarray(pts.numpy()), tm.numpy().astype(np.int64, copy=False),
                              None if bt is None else bt.numpy().astype(np.int64, copy=False),
-                             geometry.lower, geometry.upper, np.asarray(geometry.voxel_size, np.float32), dims)
+                             lower, upper, voxel_size, dims)
         coords, feats = torch.from_numpy(res.coords), torch.from_numpy(res.features)
         counts, p2v = torch.from_numpy(res.counts), torch.from_numpy(res.point_to_voxel)
     else:
@@ -120,7 +124,7 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, dtype=torch.float32, device=device)
 
-        res = voxelize_torch(pts, tm, bt, dev(geometry.lower), dev(geometry.upper), dev(geometry.voxel_size), dims)
+        res = voxelize_torch(pts, tm, bt, dev(lower), dev(upper), dev(voxel_size), dims)
         coords, feats, counts, p2v = res.coords, res.features, res.counts, res.point_to_voxel
 
     dropped = DropStats(out_of_range=res.out_of_range, non_finite=res.non_finite)

@@ -83,13 +83,15 @@ class SimFlowDataset(WindowFlowDataset):
     """Sequences from the built-in LiDAR simulator, generated at construction (one per seed)."""
 
     def __init__(self, geometry: dict, seeds: Sequence[int] = (0,), frames_per_sequence: int = 10,
-                 preset: str = "hdl64e", sim_kwargs: dict | None = None):
-        from perception4d.sim import simulate
+                 preset: str = "hdl64e", preset_overrides: dict | None = None):
+        from dataclasses import replace
 
+        from perception4d.sim import get_preset, simulate
+
+        sensor = replace(get_preset(preset), **(preset_overrides or {}))
         readers = []
         for seed in seeds:
-            seq = simulate(preset=preset, num_frames=frames_per_sequence, seed=int(seed), occupancy=None,
-                           **(sim_kwargs or {}))
+            seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=None)
             readers.append(FrameListReader(seq.frames, f"sim_{preset}_{seed}"))
         log.info("simulated %d sequences x %d frames (%s)", len(readers), frames_per_sequence, preset)
         super().__init__(readers, geometry)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for the tools)
 
+from perception4d.engine.checkpoint import mmengine_checkpoint_globals
+
 
 def load_config(config: str, work_dir: str | None = None, cfg_options: dict | None = None,
                 launcher: str = "none") -> Config:
@@ -28,9 +30,6 @@ def build_runner(cfg: Config):
     import perception4d.models  # noqa: F401  registers models
     from mmengine.runner import Runner
 
-    from perception4d.engine.checkpoint import allow_mmengine_checkpoints
-
-    allow_mmengine_checkpoints()
     return Runner.from_cfg(cfg)
 
 
@@ -44,7 +43,8 @@ def train(config: str, work_dir: str | None = None, resume: bool | str = False, 
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     runner = build_runner(cfg)
-    runner.train()
+    with mmengine_checkpoint_globals():
+        runner.train()
     return runner
 
 
@@ -53,4 +53,5 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
     cfg = load_config(config, work_dir, cfg_options, launcher)
     cfg.load_from = checkpoint
     runner = build_runner(cfg)
-    return runner.test()
+    with mmengine_checkpoint_globals():
+        return runner.test()

@@ -79,7 +79,10 @@ def write_av2_submission(out_dir: str | Path, log_id: str, timestamp_ns: int, fl
 def write_av2_annotation(out_dir: str | Path, log_id: str, timestamp_ns: int, flow: np.ndarray,
                          category: np.ndarray, is_dynamic: np.ndarray, is_valid: np.ndarray,
                          is_close: np.ndarray) -> Path:
-    """Write one sweep's ground truth in av2's evaluation annotation format (rows = evaluation-mask points)."""
+    """Write one sweep's ground truth in av2's evaluation annotation format.
+
+    Rows are the sweep's evaluation-mask points, as in the submission.
+    """
     target = _target(out_dir, log_id, timestamp_ns)
     n = len(flow)
     category = np.asarray(category)

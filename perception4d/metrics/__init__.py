@@ -8,8 +8,6 @@ from perception4d.metrics.flow import (
     Distance,
     FlowErrors,
     FlowSample,
-    KittiFrameStats,
-    KittiResult,
     Motion,
     av2_2023_frame_stats,
     av2_2023_result,
@@ -17,8 +15,6 @@ from perception4d.metrics.flow import (
     av2_dynamic_mask,
     av2_eval_mask,
     end_point_error,
-    kitti_frame_stats,
-    kitti_result,
     space_time_angle,
 )
 from perception4d.metrics.flow_bucketed import (
@@ -29,6 +25,7 @@ from perception4d.metrics.flow_bucketed import (
     av2_2024_frame_stats,
     av2_2024_result,
 )
+from perception4d.metrics.flow_kitti import KittiFrameStats, KittiResult, kitti_frame_stats, kitti_result
 from perception4d.metrics.flow_metric import Av2FlowMetric, KittiFlowMetric
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Scene-flow metrics: per-point errors, the sample type, KITTI, Argoverse 2 2023.
+"""Scene-flow metrics: the sample type, per-point errors, Argoverse 2 2023.
 
 Every metric family has ``*_frame_stats(sample)``, which returns additive
 per-frame statistics (float64 sums, int64 counts), and ``*_result(stats)``,
@@ -24,31 +24,25 @@ Argoverse 2 2023 (``av2.evaluation.scene_flow.eval`` in av2 0.3.6):
   evaluated points; EPE 3-Way Average = mean EPE of Foreground/Dynamic,
   Foreground/Static and Background/Static.
 
-KITTI (FlowNet3D / HPLFlowNet ``evaluate_3d``), over flow-valid points of a
-frame: EPE3D; Acc3DS: EPE < 0.05 or relative < 0.05; Acc3DR: EPE < 0.1 or
-relative < 0.1; Outliers: EPE > 0.3 or relative > 0.1; relative = EPE /
-(``|gt|`` + 1e-4). The dataset value is the mean of the per-frame values.
-
-The 2024 Bucket Normalized EPE is in ``perception4d.metrics.flow_bucketed``.
+The KITTI metrics are in ``perception4d.metrics.flow_kitti``, the Argoverse 2
+2024 Bucket Normalized EPE in ``perception4d.metrics.flow_bucketed``.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from perception4d.core.frame import PointLabels
 
 SWEEP_INTERVAL_S = 0.1
 AV2_DYNAMIC_THRESHOLD = 0.05  # metres per sweep interval
 AV2_EVAL_BOX_M = 50.0  # |x| <= 50 and |y| <= 50
 AV2_CLOSE_BOX_M = 35.0  # |x| <= 35 and |y| <= 35
 AV2_ACCURACY_EPS = 1e-10
-KITTI_RELATIVE_EPS = 1e-4
 
 # Argoverse 2 scene-flow category index -> name (index 0: no object, i.e. background).
 AV2_CATEGORIES = (
@@ -115,9 +109,21 @@ class FlowSample:
             a = getattr(self, name)
             if a is not None and a.dtype != bool:
                 setattr(self, name, a.astype(bool))
-        if self.category is not None and n and (self.category.min() < 0 or self.category.max() >= len(AV2_CATEGORIES)):
+        cat = self.category
+        if cat is not None and n and (cat.min() < 0 or cat.max() >= len(AV2_CATEGORIES)):
             raise ValueError(f"{where}: category holds {self.category.min()}..{self.category.max()}, "
                              f"outside the AV2 indices 0..{len(AV2_CATEGORIES) - 1}")
+
+    @classmethod
+    def from_labels(cls, pred_flow: np.ndarray, labels: PointLabels, xyz: np.ndarray,
+                    ego_flow: np.ndarray | None = None, pred_dynamic: np.ndarray | None = None,
+                    frame_id: str = "") -> "FlowSample":
+        """Ground truth from a frame's ``PointLabels`` (flow, flow_valid, flow_category, moving, ground)."""
+        if labels.flow is None or labels.flow_valid is None:
+            raise ValueError(f"{frame_id or 'flow sample'}: the labels carry no flow / flow_valid")
+        return cls(pred_flow, labels.flow, labels.flow_valid, category=labels.flow_category,
+                   dynamic=labels.moving, ground=labels.ground, xyz=xyz, ego_flow=ego_flow,
+                   pred_dynamic=pred_dynamic, frame_id=frame_id)
 
     @property
     def where(self) -> str:
@@ -174,7 +180,8 @@ def space_time_angle(pred: np.ndarray, gt: np.ndarray, dt: float = SWEEP_INTERVA
     return 2.0 * np.arctan2(np.sqrt(((u - v) ** 2).sum(axis=1)), np.sqrt(((u + v) ** 2).sum(axis=1)))
 
 
-def av2_dynamic_mask(flow: np.ndarray, ego_flow: np.ndarray, threshold: float = AV2_DYNAMIC_THRESHOLD) -> np.ndarray:
+def av2_dynamic_mask(flow: np.ndarray, ego_flow: np.ndarray,
+                     threshold: float = AV2_DYNAMIC_THRESHOLD) -> np.ndarray:
     """Points whose flow differs from the ego-motion flow by at least ``threshold`` metres."""
     return end_point_error(flow, ego_flow) >= threshold
 
@@ -193,65 +200,8 @@ def check_finite(sample: FlowSample, keep: np.ndarray) -> None:
     for name in ("pred_flow", "gt_flow"):
         bad = ~np.isfinite(getattr(sample, name)[keep]).all(axis=1)
         if bad.any():
-            raise ValueError(f"{sample.where}: {name} has {int(bad.sum())} non-finite rows among the evaluated points")
-
-
-# ---------------------------------------------------------------- KITTI
-@dataclass(frozen=True)
-class KittiFrameStats:
-    num_points: int
-    epe_sum: float
-    strict_inliers: int
-    relax_inliers: int
-    outliers: int
-
-
-@dataclass(frozen=True)
-class KittiResult:
-    epe3d: float
-    acc3d_strict: float
-    acc3d_relax: float
-    outliers: float
-    num_frames: int
-    num_empty_frames: int  # frames without a valid point, left out of the means
-
-
-def kitti_frame_stats(sample: FlowSample) -> KittiFrameStats:
-    keep = sample.flow_valid
-    check_finite(sample, keep)
-    epe = end_point_error(sample.pred_flow[keep], sample.gt_flow[keep])
-    rel = epe / (flow_norm(sample.gt_flow[keep]) + KITTI_RELATIVE_EPS)
-    return KittiFrameStats(
-        num_points=int(epe.size),
-        epe_sum=float(epe.sum()),
-        strict_inliers=int(((epe < 0.05) | (rel < 0.05)).sum()),
-        relax_inliers=int(((epe < 0.1) | (rel < 0.1)).sum()),
-        outliers=int(((epe > 0.3) | (rel > 0.1)).sum()),
-    )
-
-
-def kitti_result(stats: Iterable[KittiFrameStats]) -> KittiResult:
-    stats = list(stats)
-    used = [s for s in stats if s.num_points > 0]
-    empty = len(stats) - len(used)
-    if empty:
-        log.warning("KITTI flow metric: %d of %d frames have no valid point and are left out", empty, len(stats))
-    if not used:
-        nan = float("nan")
-        return KittiResult(nan, nan, nan, nan, num_frames=0, num_empty_frames=empty)
-    n = np.array([s.num_points for s in used], dtype=np.float64)
-
-    def mean(values) -> float:
-        return float(np.mean(np.asarray(values, dtype=np.float64) / n))
-
-    return KittiResult(
-        epe3d=mean([s.epe_sum for s in used]),
-        acc3d_strict=mean([s.strict_inliers for s in used]),
-        acc3d_relax=mean([s.relax_inliers for s in used]),
-        outliers=mean([s.outliers for s in used]),
-        num_frames=len(used),
-        num_empty_frames=empty,
-    )
+            raise ValueError(f"{sample.where}: {name} has {int(bad.sum())} non-finite rows "
+                             f"among the evaluated points")
 
 
 # ---------------------------------------------------------------- Argoverse 2 2023
@@ -282,7 +232,7 @@ AV2_OFFICIAL_NAMES = {"epe": "EPE", "accuracy_strict": "Accuracy Strict",
                       "accuracy_relax": "Accuracy Relax", "angle_error": "Angle Error"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Av2FrameStats:
     """Additive statistics of one frame over axes (class, motion, distance).
 
@@ -301,7 +251,8 @@ class Av2FrameStats:
         return cls(np.zeros((2, 2, 2), np.int64), np.zeros((2, 2, 2, 4)), np.zeros((2, 2, 2, 4), np.int64))
 
     def __add__(self, other: "Av2FrameStats") -> "Av2FrameStats":
-        return Av2FrameStats(self.count + other.count, self.sums + other.sums, self.confusion + other.confusion)
+        return Av2FrameStats(self.count + other.count, self.sums + other.sums,
+                             self.confusion + other.confusion)
 
     def mean(self, cls: Av2Class, motion: Motion, distance: Distance) -> np.ndarray:
         """(4,) per-point means of one cell, NaN when it is empty."""
@@ -328,8 +279,8 @@ def av2_2023_frame_stats(sample: FlowSample) -> Av2FrameStats:
     cell = (category != 0) * 4 + (~dynamic) * 2 + (~av2_close_mask(xyz[keep]))
     epe = end_point_error(pred, gt)
     gt_norm = flow_norm(gt)
-    per_point = (epe, inliers(epe, gt_norm, 0.05, AV2_ACCURACY_EPS), inliers(epe, gt_norm, 0.1, AV2_ACCURACY_EPS),
-                 space_time_angle(pred, gt))
+    per_point = (epe, inliers(epe, gt_norm, 0.05, AV2_ACCURACY_EPS),
+                 inliers(epe, gt_norm, 0.1, AV2_ACCURACY_EPS), space_time_angle(pred, gt))
     sums = np.stack([np.bincount(cell, weights=v.astype(np.float64), minlength=8) for v in per_point], axis=1)
     outcome = np.where(pred_dynamic, np.where(dynamic, 0, 1), np.where(dynamic, 3, 2))  # TP, FP, TN, FN
     confusion = np.bincount(cell * 4 + outcome, minlength=32).reshape(2, 2, 2, 4)
@@ -410,7 +361,9 @@ def av2_2023_result(stats: Iterable[Av2FrameStats]) -> Av2Result:
     for ci, cls in enumerate(Av2Class):
         for mi, motion in enumerate(Motion):
             for di, distance in enumerate(Distance):
-                subsets[Av2Subset(cls, motion, distance)] = _errors(total.count[ci, mi, di], total.sums[ci, mi, di])
-            subsets[Av2Subset(cls, motion, None)] = _errors(total.count[ci, mi].sum(), total.sums[ci, mi].sum(axis=0))
+                subsets[Av2Subset(cls, motion, distance)] = _errors(total.count[ci, mi, di],
+                                                                    total.sums[ci, mi, di])
+            subsets[Av2Subset(cls, motion, None)] = _errors(total.count[ci, mi].sum(),
+                                                            total.sums[ci, mi].sum(axis=0))
     tp, fp, tn, fn = (int(v) for v in total.confusion.sum(axis=(0, 1, 2)))
     return Av2Result(subsets, true_positives=tp, false_positives=fp, true_negatives=tn, false_negatives=fn)

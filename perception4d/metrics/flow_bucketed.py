@@ -73,7 +73,7 @@ def speed_bucket(speed: np.ndarray) -> np.ndarray:
     return np.searchsorted(BUCKET_EDGES, speed, side="right") - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BucketedFrameStats:
     """Additive per-frame sums over (class, bucket): (5, 51) arrays in BucketClass order."""
 
@@ -91,7 +91,8 @@ class BucketedFrameStats:
                                   self.speed_sum + other.speed_sum)
 
 
-def av2_2024_frame_stats(sample: FlowSample, close_distance: float = BUCKET_CLOSE_DISTANCE_M) -> BucketedFrameStats:
+def av2_2024_frame_stats(sample: FlowSample,
+                         close_distance: float = BUCKET_CLOSE_DISTANCE_M) -> BucketedFrameStats:
     """Per-frame sums of the Bucket Normalized EPE (needs xyz, ground, category and ego_flow)."""
     metric = "Argoverse 2 (2024) bucketed"
     xyz = sample.require("xyz", metric)
@@ -119,7 +120,7 @@ class BucketedClassError:
     dynamic_error: float  # normalized: EPE / speed, averaged over the non-empty dynamic buckets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BucketedResult:
     classes: dict[BucketClass, BucketedClassError]
     mean_static_epe: float
@@ -146,7 +147,8 @@ def av2_2024_result(stats: Iterable[BucketedFrameStats]) -> BucketedResult:
         normalized = mean_epe[:, 1:] / mean_speed[:, 1:]
     static = mean_epe[:, 0]
     dynamic = _nanmean(normalized, axis=1)
-    classes = {cls: BucketedClassError(float(static[k]), float(dynamic[k])) for k, cls in enumerate(BucketClass)}
+    classes = {cls: BucketedClassError(float(static[k]), float(dynamic[k]))
+               for k, cls in enumerate(BucketClass)}
     return BucketedResult(
         classes=classes,
         mean_static_epe=float(_nanmean(static)),

@@ -16,12 +16,8 @@ from perception4d.metrics.flow import (
     Av2FrameStats,
     Av2Result,
     FlowSample,
-    KittiFrameStats,
-    KittiResult,
     av2_2023_frame_stats,
     av2_2023_result,
-    kitti_frame_stats,
-    kitti_result,
 )
 from perception4d.metrics.flow_bucketed import (
     BUCKET_CLOSE_DISTANCE_M,
@@ -30,14 +26,20 @@ from perception4d.metrics.flow_bucketed import (
     av2_2024_frame_stats,
     av2_2024_result,
 )
+from perception4d.metrics.flow_kitti import KittiFrameStats, KittiResult, kitti_frame_stats, kitti_result
 from perception4d.registry import METRICS
 
 
 def _flow_samples(data_samples: Sequence[Any], metric: str) -> Sequence[FlowSample]:
+    """FlowSamples, or model results that convert themselves (``to_flow_sample()``)."""
+    out = []
     for s in data_samples:
+        if not isinstance(s, FlowSample) and hasattr(s, "to_flow_sample"):
+            s = s.to_flow_sample()
         if not isinstance(s, FlowSample):
             raise TypeError(f"{metric}.process expects FlowSample data samples, got {type(s).__name__}")
-    return data_samples
+        out.append(s)
+    return out
 
 
 @dataclass(frozen=True)

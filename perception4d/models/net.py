@@ -20,6 +20,7 @@ from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers th
 from perception4d.models.preprocessor import BatchedWindows
 from perception4d.models.spconv_utils import set_spconv_algo
 from perception4d.registry import MODELS
+from perception4d.utils.timing import NullTimer
 
 
 @dataclass
@@ -29,6 +30,18 @@ class SampleResult:
     meta: object
     flow: object | None = None
     extras: dict = field(default_factory=dict)
+
+    def to_flow_sample(self):
+        """The flow prediction with its sample's ground truth, as the flow metrics take it."""
+        from perception4d.metrics.flow import FlowSample
+
+        s = self.extras["sample"]
+        t = s.targets
+        if t is None or self.flow is None:
+            raise ValueError(f"{self.meta.frame_id}: no flow prediction or no flow ground truth to evaluate")
+        return FlowSample(pred_flow=self.flow.flow, gt_flow=t.flow, flow_valid=t.valid, category=t.category,
+                          dynamic=t.dynamic, ground=t.ground, xyz=s.source_xyz, ego_flow=self.flow.ego_flow,
+                          pred_dynamic=self.flow.is_dynamic, frame_id=self.meta.frame_id)
 
 
 @MODELS.register_module()
@@ -48,21 +61,25 @@ class Perception4DNet(BaseModel):
             heads_built[name] = MODELS.build(cfg)
         self.heads = nn.ModuleDict(heads_built)
         self._algo_device: torch.device | None = None
+        self.timer = NullTimer()  # set a StageTimer to time encoder / backbone / head
 
     def _features(self, batch: BatchedWindows):
         device = batch.points.device
         if self._algo_device != device:
             set_spconv_algo(self, device)
             self._algo_device = device
-        voxel_feats, point_feats = self.encoder(batch.points, batch.time, batch.sparse)
+        with self.timer.stage("encoder"):
+            voxel_feats, point_feats = self.encoder(batch.points, batch.time, batch.sparse)
         if batch.sparse.num_voxels == 0:  # nothing in the grid: spconv cannot run on zero sites
             return voxel_feats.new_zeros(0, self.backbone.out_channels), point_feats
-        x = self.backbone(batch.sparse.to_spconv(voxel_feats))
+        with self.timer.stage("backbone"):
+            x = self.backbone(batch.sparse.to_spconv(voxel_feats))
         return x.features, point_feats
 
     def forward(self, inputs: BatchedWindows, data_samples=None, mode: str = "tensor"):
         voxel_feats, point_feats = self._features(inputs)
-        preds = {name: head(voxel_feats, point_feats, inputs) for name, head in self.heads.items()}
+        with self.timer.stage("head"):
+            preds = {name: head(voxel_feats, point_feats, inputs) for name, head in self.heads.items()}
         if mode == "tensor":
             return preds
         if mode == "loss":

@@ -1,4 +1,5 @@
-"""The package's own ray-casting LiDAR simulator: street scenes with exact per-point and occupancy ground truth.
+"""The package's own ray-casting LiDAR simulator: street scenes with exact per-point and
+occupancy ground truth.
 
 ``simulate(preset, num_frames, seed)`` returns a ``SimSequence``;
 ``write_dataset(seq, out_dir)`` writes it as SemanticKITTI, Argoverse 2 and

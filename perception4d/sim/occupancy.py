@@ -100,56 +100,64 @@ def _rasterize(prims, order, lower, vs, shape, owner):
                         owner[ix, iy, iz] = j
 
 
+@nb.njit(cache=True)
+def _axis_start(o, d, t0, lo, v, n):
+    """DDA set-up along one axis: voxel index, step, t of the next face, t between faces."""
+    i = min(max(int(math.floor((o + t0 * d - lo) / v)), 0), n - 1)
+    if d > 1e-12:
+        return i, 1, (lo + (i + 1) * v - o) / d, v / d
+    if d < -1e-12:
+        return i, -1, (lo + i * v - o) / d, -v / d
+    return i, 0, math.inf, math.inf
+
+
 @nb.njit(parallel=True, cache=True)
 def trace_visibility(origins, ends, lower, vs, shape, visible):
     """Mark the voxels crossed by each segment origin -> end (both included) in ``visible``."""
-    upper = (lower[0] + shape[0] * vs[0], lower[1] + shape[1] * vs[1], lower[2] + shape[2] * vs[2])
     for r in nb.prange(origins.shape[0]):
-        o = (origins[r, 0], origins[r, 1], origins[r, 2])
-        d = (ends[r, 0] - o[0], ends[r, 1] - o[1], ends[r, 2] - o[2])
         t0, t1 = 0.0, 1.0
         for k in range(3):  # clip the segment to the grid box
-            if abs(d[k]) < 1e-12:
-                if o[k] < lower[k] or o[k] > upper[k]:
+            o, d = origins[r, k], ends[r, k] - origins[r, k]
+            lo, hi = lower[k], lower[k] + shape[k] * vs[k]
+            if abs(d) < 1e-12:
+                if o < lo or o > hi:
                     t0, t1 = 1.0, 0.0
             else:
-                a, b = (lower[k] - o[k]) / d[k], (upper[k] - o[k]) / d[k]
+                a, b = (lo - o) / d, (hi - o) / d
                 t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
         if t0 > t1:
             continue
-        idx = np.empty(3, np.int64)
-        step = np.zeros(3, np.int64)
-        tmax = np.full(3, math.inf)
-        tdelta = np.full(3, math.inf)
-        for k in range(3):
-            pk = o[k] + t0 * d[k]
-            idx[k] = min(max(int(math.floor((pk - lower[k]) / vs[k])), 0), shape[k] - 1)
-            if d[k] > 1e-12:
-                step[k] = 1
-                tmax[k] = (lower[k] + (idx[k] + 1) * vs[k] - o[k]) / d[k]
-                tdelta[k] = vs[k] / d[k]
-            elif d[k] < -1e-12:
-                step[k] = -1
-                tmax[k] = (lower[k] + idx[k] * vs[k] - o[k]) / d[k]
-                tdelta[k] = -vs[k] / d[k]
+        ix, sx, tx, dx = _axis_start(origins[r, 0], ends[r, 0] - origins[r, 0], t0, lower[0], vs[0], shape[0])
+        iy, sy, ty, dy = _axis_start(origins[r, 1], ends[r, 1] - origins[r, 1], t0, lower[1], vs[1], shape[1])
+        iz, sz, tz, dz = _axis_start(origins[r, 2], ends[r, 2] - origins[r, 2], t0, lower[2], vs[2], shape[2])
         while True:
-            visible[idx[0], idx[1], idx[2]] = True
-            k = 0
-            if tmax[1] < tmax[k]:
-                k = 1
-            if tmax[2] < tmax[k]:
-                k = 2
-            if tmax[k] > t1:
-                break
-            idx[k] += step[k]
-            if idx[k] < 0 or idx[k] >= shape[k]:
-                break
-            tmax[k] += tdelta[k]
+            visible[ix, iy, iz] = True
+            if tx <= ty and tx <= tz:
+                if tx > t1:
+                    break
+                ix += sx
+                tx += dx
+                if ix < 0 or ix >= shape[0]:
+                    break
+            elif ty <= tz:
+                if ty > t1:
+                    break
+                iy += sy
+                ty += dy
+                if iy < 0 or iy >= shape[1]:
+                    break
+            else:
+                if tz > t1:
+                    break
+                iz += sz
+                tz += dz
+                if iz < 0 or iz >= shape[2]:
+                    break
         if t1 >= 1.0:  # the end point is inside the grid: its voxel is observed (guards DDA round-off)
-            e = np.empty(3, np.int64)
-            for k in range(3):
-                e[k] = min(max(int(math.floor((ends[r, k] - lower[k]) / vs[k])), 0), shape[k] - 1)
-            visible[e[0], e[1], e[2]] = True
+            ex = min(max(int(math.floor((ends[r, 0] - lower[0]) / vs[0])), 0), shape[0] - 1)
+            ey = min(max(int(math.floor((ends[r, 1] - lower[1]) / vs[1])), 0), shape[1] - 1)
+            ez = min(max(int(math.floor((ends[r, 2] - lower[2]) / vs[2])), 0), shape[2] - 1)
+            visible[ex, ey, ez] = True
 
 
 def rasterize_owner(prims: np.ndarray, priority: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -170,7 +178,8 @@ def visibility(origins: np.ndarray, ends: np.ndarray, geometry: Geometry) -> np.
     shape = np.asarray(geometry.grid_shape, np.int64)
     visible = np.zeros(tuple(shape), dtype=np.bool_)
     trace_visibility(np.ascontiguousarray(origins, np.float64), np.ascontiguousarray(ends, np.float64),
-                     np.asarray(geometry.point_range[:3], np.float64), np.asarray(geometry.voxel_size, np.float64),
+                     np.asarray(geometry.point_range[:3], np.float64),
+                     np.asarray(geometry.voxel_size, np.float64),
                      shape, visible)
     return visible
 
@@ -206,8 +215,8 @@ def load_occupancy(path: str | Path, geometry: Geometry) -> OccupancyGT:
         sem, vis, vel = z["semantics"], z["mask_lidar"].astype(bool), z["velocity"]
     shape = tuple(geometry.grid_shape)
     if sem.shape != shape or vis.shape != shape or vel.shape != shape + (3,):
-        raise DataFormatError(path, f"arrays of shapes {sem.shape}, {vis.shape}, {vel.shape} do not match the "
-                                    f"grid {shape}")
+        raise DataFormatError(path, f"arrays of shapes {sem.shape}, {vis.shape}, {vel.shape} do not "
+                                    f"match the grid {shape}")
     return OccupancyGT(semantics=sem.astype(np.uint8), visible=vis, velocity=vel.astype(np.float32),
                        geometry=geometry)
 

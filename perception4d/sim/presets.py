@@ -10,6 +10,7 @@ unit (Argoverse 2's two VLP-32C) shares the azimuth step and rate and sits
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -41,14 +42,17 @@ class LidarPreset:
     def __post_init__(self):
         object.__setattr__(self, "elevation_deg", tuple(float(e) for e in self.elevation_deg))
         if self.second_elevation_deg is not None:
-            object.__setattr__(self, "second_elevation_deg", tuple(float(e) for e in self.second_elevation_deg))
+            second = tuple(float(e) for e in self.second_elevation_deg)
+            object.__setattr__(self, "second_elevation_deg", second)
         where = f"LidarPreset {self.name!r}"
         if not self.elevation_deg or not all(-90 < e < 90 for e in self.elevation_deg):
             raise ConfigError(f"{where}: elevation_deg needs at least one angle in (-90, 90)")
         if not 0 < self.azimuth_resolution_deg <= 90:
-            raise ConfigError(f"{where}: azimuth_resolution_deg must be in (0, 90], got {self.azimuth_resolution_deg}")
+            raise ConfigError(f"{where}: azimuth_resolution_deg must be in (0, 90], "
+                              f"got {self.azimuth_resolution_deg}")
         if not 0 <= self.min_range < self.max_range:
-            raise ConfigError(f"{where}: need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}")
+            raise ConfigError(f"{where}: need 0 <= min_range < max_range, "
+                              f"got {self.min_range}, {self.max_range}")
         if self.rotation_rate_hz <= 0 or self.range_noise_sigma < 0:
             raise ConfigError(f"{where}: rotation_rate_hz must be > 0 and range_noise_sigma >= 0")
         if self.mount_height <= 0 or self.mount_height + min(0.0, self.second_unit_dz) <= 0:
@@ -76,30 +80,42 @@ class LidarPreset:
         return replace(self, **changes)
 
     def rays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ray origins and unit directions in the sensor frame, and each ray's laser number.
+        """Ray origins, unit directions (sensor frame) and laser numbers; cached, read-only.
 
-        Returns ``origins`` (R, 3) float64, ``directions`` (R, 3) float64 and
-        ``laser`` (R,) int32; rays are ordered unit, azimuth, beam. The first
-        unit's origin is the sensor origin; its lasers are numbered
-        0..B1-1 from the lowest beam up, the second unit's B1..B1+B2-1.
+        See ``_rays`` for the ordering and numbering.
         """
-        az = np.deg2rad(np.arange(self.num_azimuths) * (360.0 / self.num_azimuths))
-        units = [(np.asarray(self.elevation_deg), 0.0)]
-        if self.second_elevation_deg is not None:
-            units.append((np.asarray(self.second_elevation_deg), self.second_unit_dz))
-        origins, dirs, lasers, first = [], [], [], 0
-        for elev_deg, dz in units:
-            order = np.argsort(elev_deg, kind="stable")
-            el = np.deg2rad(elev_deg[order])
-            laser_ids = first + np.arange(len(el))
-            a, e = np.meshgrid(az, el, indexing="ij")
-            d = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], axis=-1).reshape(-1, 3)
-            dirs.append(d)
-            origins.append(np.broadcast_to(np.array([0.0, 0.0, dz]), d.shape))
-            lasers.append(np.broadcast_to(laser_ids, a.shape).reshape(-1))
-            first += len(el)
-        return (np.ascontiguousarray(np.concatenate(origins)), np.ascontiguousarray(np.concatenate(dirs)),
-                np.concatenate(lasers).astype(np.int32))
+        return _rays(self)
+
+
+@lru_cache(maxsize=8)
+def _rays(preset: LidarPreset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ray origins and unit directions in the sensor frame, and each ray's laser number.
+
+    Returns ``origins`` (R, 3) float64, ``directions`` (R, 3) float64 and
+    ``laser`` (R,) int32; rays are ordered unit, azimuth, beam. The first
+    unit's origin is the sensor origin; its lasers are numbered
+    0..B1-1 from the lowest beam up, the second unit's B1..B1+B2-1.
+    """
+    az = np.deg2rad(np.arange(preset.num_azimuths) * (360.0 / preset.num_azimuths))
+    units = [(np.asarray(preset.elevation_deg), 0.0)]
+    if preset.second_elevation_deg is not None:
+        units.append((np.asarray(preset.second_elevation_deg), preset.second_unit_dz))
+    origins, dirs, lasers, first = [], [], [], 0
+    for elev_deg, dz in units:
+        order = np.argsort(elev_deg, kind="stable")
+        el = np.deg2rad(elev_deg[order])
+        laser_ids = first + np.arange(len(el))
+        a, e = np.meshgrid(az, el, indexing="ij")
+        d = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], axis=-1).reshape(-1, 3)
+        dirs.append(d)
+        origins.append(np.broadcast_to(np.array([0.0, 0.0, dz]), d.shape))
+        lasers.append(np.broadcast_to(laser_ids, a.shape).reshape(-1))
+        first += len(el)
+    out = (np.ascontiguousarray(np.concatenate(origins)), np.ascontiguousarray(np.concatenate(dirs)),
+           np.concatenate(lasers).astype(np.int32))
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 HDL64E = LidarPreset(

@@ -132,7 +132,7 @@ def build_sectors(prims, max_range, num_sectors):
 
 @nb.njit(parallel=True, cache=True)
 def cast_rays(origins, dirs, prims, sector_start, sector_items, min_range, max_range):
-    """Nearest hit of each ray: range (inf: no return), primitive index (-1 ground, -2 none), |cos incidence|."""
+    """Nearest hit per ray: range (inf: none), primitive index (-1 ground, -2 none), |cos incidence|."""
     num = origins.shape[0]
     num_sectors = sector_start.shape[0] - 1
     width = 2.0 * math.pi / num_sectors

@@ -123,7 +123,7 @@ class Scene:
         return np.array([o.center_z for o in self.objects], dtype=np.float64)
 
     def column(self, name: str) -> np.ndarray:
-        """Per-object array of a property: semantic, instance, flow_category, priority, reflectivity, moving."""
+        """Per-object array of semantic, instance, flow_category, priority, reflectivity or moving."""
         getters = {
             "semantic": (lambda o: o.semantic, np.uint16),
             "instance": (lambda o: o.instance, np.uint16),
@@ -253,9 +253,8 @@ class _Builder:
                             Trajectory(xc, y, 0.0), rng.uniform(0.25, 0.5)), margin=0.0)
                 if rng.uniform() < 0.5:  # a bush near the building front
                     a, c = rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.9)
-                    self.add(mk("bush", Shape.SPHEROID, (a, a, c), 0.6 * c,
-                                Trajectory(xc + rng.uniform(-length, length) / 2, side * (front + 0.1 + a), 0.0),
-                                rng.uniform(0.35, 0.55)))
+                    at = Trajectory(xc + rng.uniform(-length, length) / 2, side * (front + 0.1 + a), 0.0)
+                    self.add(mk("bush", Shape.SPHEROID, (a, a, c), 0.6 * c, at, rng.uniform(0.35, 0.55)))
             for xc, _ in self.along(18.0, 30.0, 0.3, 0.3):  # street lamps
                 h = rng.uniform(5.0, 8.0)
                 self.add(mk("pole", Shape.CYLINDER, (0.12, 0.12, h / 2), h / 2,
@@ -268,8 +267,10 @@ class _Builder:
                 trunk_h, r = rng.uniform(3.0, 4.0), rng.uniform(0.12, 0.25)
                 a, c = rng.uniform(1.2, 2.0), rng.uniform(1.0, 2.0)
                 at = Trajectory(xc, side * (rw + 1.3), 0.0)
-                self.add(mk("trunk", Shape.CYLINDER, (r, r, trunk_h / 2), trunk_h / 2, at, rng.uniform(0.25, 0.35)),
-                         mk("crown", Shape.SPHEROID, (a, a, c), trunk_h + 0.5 * c, at, rng.uniform(0.4, 0.55)))
+                trunk = mk("trunk", Shape.CYLINDER, (r, r, trunk_h / 2), trunk_h / 2, at,
+                           rng.uniform(0.25, 0.35))
+                crown = mk("crown", Shape.SPHEROID, (a, a, c), trunk_h + 0.5 * c, at, rng.uniform(0.4, 0.55))
+                self.add(trunk, crown)
             for xc, length in self.along(0.8, 10.0, 4.0, 4.9):  # parked cars in the parking strip
                 yaw = (0.0 if rng.uniform() < 0.5 else np.pi) + rng.uniform(-0.03, 0.03)
                 self.add(mk("car", Shape.BOX, (length / 2, 0.9, 0.75), 0.75,
@@ -280,31 +281,47 @@ class _Builder:
                             Trajectory(rng.uniform(*self.x_range), y, rng.uniform(-np.pi, np.pi)),
                             rng.uniform(0.3, 0.4)))
 
-    def mover(self, kind: str, motion: str, tries: int = 20) -> None:
-        rng, rw = self.rng, self.street.road_half_width
-        lo, hi = self.x_range[0] + 10.0, self.x_range[1] - 10.0
+    def mover(self, kind: str, motion: str, near_m: float | None = None, tries: int = 20) -> None:
+        """Place one moving object of ``kind`` with the given motion model (or give up after ``tries``).
+
+        ``near_m``: start within that distance (along x) of the ego's start.
+        """
+        rng, rw, sw = self.rng, self.street.road_half_width, self.street.sidewalk_width
+        spec = _MOVERS[kind]
         for _ in range(tries):
             forward = rng.uniform() < 0.5
-            heading = 0.0 if forward else np.pi
-            if kind == "car":
-                lane = rng.choice([-4.875, -1.625]) if forward else rng.choice([1.625, 4.875])
-                half, speed, rate, acc = (rng.uniform(2.0, 2.45), 0.9, 0.75), rng.uniform(6, 14), \
-                    rng.uniform(0.04, 0.12), rng.uniform(0.5, 2.5)
-                y, refl = lane, rng.uniform(0.5, 0.8)
+            if kind == "car":  # right-hand traffic: forward lanes at y < 0
+                y = rng.choice([-4.875, -1.625]) if forward else rng.choice([1.625, 4.875])
             elif kind == "cyclist":
-                half, speed, rate, acc = (0.9, 0.3, 0.85), rng.uniform(3, 7), rng.uniform(0.05, 0.2), \
-                    rng.uniform(0.3, 1.0)
-                y, refl = (-5.9 if forward else 5.9), rng.uniform(0.4, 0.5)
-            else:
-                half, speed, rate, acc = (0.25, 0.3, 0.88), rng.uniform(1.0, 1.8), rng.uniform(0.15, 0.5), \
-                    rng.uniform(0.2, 0.6)
-                side = -1.0 if rng.uniform() < 0.5 else 1.0
-                y, refl = side * (rw + rng.uniform(1.5, self.street.sidewalk_width - 0.5)), rng.uniform(0.3, 0.4)
-            traj = Trajectory(rng.uniform(lo, hi), y, heading + rng.uniform(-0.02, 0.02), speed,
-                              yaw_rate=(rate * (1 if rng.uniform() < 0.5 else -1)) if motion == "turning" else 0.0,
-                              accel=acc if motion == "accelerating" else 0.0)
-            if self.add(self.make(kind, Shape.BOX, half, half[2], traj, refl)):
+                y = -5.9 if forward else 5.9
+            else:  # pedestrians walk on either sidewalk
+                y = rng.choice([-1.0, 1.0]) * (rw + rng.uniform(1.5, sw - 0.5))
+            half = (rng.uniform(*spec.half_length), *spec.half_width_height)
+            heading = (0.0 if forward else np.pi) + rng.uniform(-0.02, 0.02)
+            rate = rng.uniform(*spec.yaw_rate) * rng.choice([-1.0, 1.0]) if motion == "turning" else 0.0
+            accel = rng.uniform(*spec.accel) if motion == "accelerating" else 0.0
+            x_lo, x_hi = (-near_m, near_m) if near_m else (self.x_range[0] + 10.0, self.x_range[1] - 10.0)
+            traj = Trajectory(rng.uniform(x_lo, x_hi), y, heading,
+                              rng.uniform(*spec.speed), yaw_rate=rate, accel=accel)
+            if self.add(self.make(kind, Shape.BOX, half, half[2], traj, rng.uniform(*spec.reflectivity))):
                 return
+
+
+@dataclass(frozen=True)
+class _MoverSpec:
+    half_length: tuple[float, float]
+    half_width_height: tuple[float, float]
+    speed: tuple[float, float]  # m/s; >= 1 so every mover passes AV2's 0.05 m / 0.1 s dynamic threshold
+    yaw_rate: tuple[float, float]  # rad/s magnitude when turning
+    accel: tuple[float, float]  # m/s^2 when accelerating
+    reflectivity: tuple[float, float]
+
+
+_MOVERS = {
+    "car": _MoverSpec((2.0, 2.45), (0.9, 0.75), (6.0, 14.0), (0.04, 0.12), (0.5, 2.5), (0.5, 0.8)),
+    "cyclist": _MoverSpec((0.9, 0.9), (0.3, 0.85), (3.0, 7.0), (0.05, 0.2), (0.3, 1.0), (0.4, 0.5)),
+    "pedestrian": _MoverSpec((0.25, 0.25), (0.3, 0.88), (1.0, 1.8), (0.15, 0.5), (0.2, 0.6), (0.3, 0.4)),
+}
 
 
 def generate_scene(seed: int, duration_s: float, margin_m: float = 100.0) -> Scene:
@@ -322,7 +339,9 @@ def generate_scene(seed: int, duration_s: float, margin_m: float = 100.0) -> Sce
     for kind, per_m in (("car", 1 / 25.0), ("cyclist", 1 / 70.0), ("pedestrian", 1 / 20.0)):
         count = max(3, int(rng.poisson(length * per_m)))
         for k in range(count):
-            # the first three of each kind cover every motion model; the rest draw one
-            b.mover(kind, motions[k] if k < 3 else str(rng.choice(motions, p=[0.25, 0.25, 0.5])))
+            if k < 3:  # one of each motion model near the ego's start
+                b.mover(kind, motions[k], near_m=30.0)
+            else:
+                b.mover(kind, str(rng.choice(motions, p=[0.25, 0.25, 0.5])))
     return Scene(seed=seed, street=street, ego=ego, objects=tuple(b.objects), duration_s=float(duration_s),
                  x_range=x_range)

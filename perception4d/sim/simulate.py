@@ -187,8 +187,9 @@ def simulate(preset: str | LidarPreset = "hdl64e", num_frames: int = 10, seed: i
     noise_rng = np.random.default_rng([seed, 1])
     frames, occ = [], []
     for i in range(num_frames):
-        frame, o = simulate_frame(scene, preset, i, noise_rng.standard_normal(num_rays), occupancy, start_time_ns)
+        noise = noise_rng.standard_normal(num_rays)
+        frame, o = simulate_frame(scene, preset, i, noise, occupancy, start_time_ns)
         frames.append(frame)
         occ.append(o)
-    return SimSequence(frames=frames, occupancy=occ if occupancy is not None else None, preset=preset, seed=seed,
-                       scene=scene, start_time_ns=start_time_ns)
+    return SimSequence(frames=frames, occupancy=occ if occupancy is not None else None, preset=preset,
+                       seed=seed, scene=scene, start_time_ns=start_time_ns)

@@ -21,7 +21,8 @@ from perception4d.sim.occupancy import occupancy_meta, save_occupancy
 from perception4d.sim.simulate import SimSequence
 
 # Velodyne -> camera 0 (cam x right, y down, z forward); the camera sits 0.27 m ahead, 0.08 m below.
-VELO_TO_CAM = SE3(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]), np.array([0.0, -0.08, -0.27]))
+VELO_TO_CAM = SE3(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]),
+                  np.array([0.0, -0.08, -0.27]))
 _FOCAL, _CX, _CY = 721.5, 609.6, 172.9
 _CAMERA_X_OFFSETS = (0.0, -0.54, 0.06, -0.48)  # P0..P3: camera centre along cam-0 x (m)
 _SIM_NAMESPACE = uuid.UUID("8a7c4b2e-3f1d-5e6a-9b0c-1d2e3f4a5b6c")
@@ -50,7 +51,8 @@ def _rows(m: np.ndarray) -> str:
     return " ".join(f"{v:.12e}" for v in np.asarray(m, np.float64)[:3].reshape(-1))
 
 
-def write_semantickitti(seq: SimSequence, root: str | Path, sequence: str = "00", overwrite: bool = False) -> Path:
+def write_semantickitti(seq: SimSequence, root: str | Path, sequence: str = "00",
+                        overwrite: bool = False) -> Path:
     """``root/sequences/<sequence>/{velodyne, labels, poses.txt, calib.txt, times.txt}``; returns that folder.
 
     Scans hold sensor-frame x, y, z, intensity (0..1); labels are

@@ -40,7 +40,8 @@ def scenes(draw):
         elif kind == 1:
             pts[i, j] = geom.upper[j]
         elif kind == 2:
-            pts[i, j] = np.float32(geom.lower[j] + rng.integers(0, geom.grid_shape[j] + 1) * geom.voxel_size[j])
+            face = rng.integers(0, geom.grid_shape[j] + 1)
+            pts[i, j] = np.float32(geom.lower[j] + face * geom.voxel_size[j])
         else:
             pts[i, rng.integers(0, c)] = rng.choice([np.nan, np.inf, -np.inf])
     nb = draw(st.integers(1, 3))

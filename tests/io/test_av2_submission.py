@@ -39,11 +39,13 @@ def test_annotation_file_matches_av2_writer(tmp_path):
     rng = np.random.default_rng(1)
     n = 500
     flow = rng.normal(0, 1, (n, 3))
-    cat, close, dyn, valid = rng.integers(0, 31, n), rng.random(n) < 0.5, rng.random(n) < 0.2, rng.random(n) < 0.9
+    cat, close = rng.integers(0, 31, n), rng.random(n) < 0.5
+    dyn, valid = rng.random(n) < 0.2, rng.random(n) < 0.9
     path = write_av2_annotation(tmp_path / "ours", LOG, 7, flow, cat, dyn, valid, close)
     (tmp_path / "av2").mkdir()
     write_annotation(cat, close, dyn, valid, flow, (LOG, 7), tmp_path / "av2")
-    pd.testing.assert_frame_equal(pd.read_feather(path), pd.read_feather(tmp_path / "av2" / LOG / "7.feather"))
+    theirs = pd.read_feather(tmp_path / "av2" / LOG / "7.feather")
+    pd.testing.assert_frame_equal(pd.read_feather(path), theirs)
 
 
 def test_av2_evaluate_reads_our_files(tmp_path, capsys):
@@ -68,7 +70,8 @@ def test_overwrite_is_atomic_and_failures_leave_nothing(tmp_path, monkeypatch):
     path = write_av2_submission(tmp_path, LOG, 5, *_prediction(rng, 10))
     flow, dyn = _prediction(rng, 20)
     write_av2_submission(tmp_path, LOG, 5, flow, dyn)
-    np.testing.assert_array_equal(pd.read_feather(path)["flow_tx_m"].to_numpy(), flow[:, 0].astype(np.float16))
+    stored = pd.read_feather(path)["flow_tx_m"].to_numpy()
+    np.testing.assert_array_equal(stored, flow[:, 0].astype(np.float16))
 
     def broken(table, dest, **kw):
         Path(dest).write_bytes(b"partial")

@@ -10,7 +10,7 @@ from perception4d.metrics import FlowSample
 
 def random_flow_sample(rng: np.random.Generator, n: int = 600, *, all_static: bool = False,
                        no_foreground: bool = False, frame_id: str = "") -> FlowSample:
-    """A sweep with ego motion, moving objects, ground, invalid rows, zero flows and points on the box edges."""
+    """A sweep with ego motion, moving objects, ground, invalid rows, zero flows, points on the box edges."""
     xyz = np.column_stack([rng.uniform(-60, 60, n), rng.uniform(-60, 60, n), rng.uniform(-3, 5, n)])
     f32 = np.float32
     edges = [35.0, -35.0, 50.0, -50.0, np.nextafter(f32(35), f32(99)), -np.nextafter(f32(35), f32(99)),
@@ -32,7 +32,8 @@ def random_flow_sample(rng: np.random.Generator, n: int = 600, *, all_static: bo
     if no_foreground:
         category[:] = 0
     moving = (category > 0) & (rng.random(n) < 0.6)
-    motion = rng.normal(0, 0.5, (n, 3)) * moving[:, None] + rng.normal(0, 0.01, (n, 3)) * (rng.random(n) < 0.2)[:, None]
+    jitter = rng.normal(0, 0.01, (n, 3)) * (rng.random(n) < 0.2)[:, None]
+    motion = rng.normal(0, 0.5, (n, 3)) * moving[:, None] + jitter
     gt = ego_flow.copy() if all_static else (ego_flow + motion).astype(np.float32)
     zero = (rng.random(n) < 0.05) & (not all_static)  # zero-length ground-truth flows
     gt[zero] = 0.0

@@ -65,8 +65,9 @@ def test_frame_stats_match_compute_metrics(make_flow_sample, seed, kind):
     s = make_flow_sample(rng, n=7 if kind == "tiny" else 800, all_static=kind == "all_static",
                          no_foreground=kind == "no_foreground")
     m = official_mask(s)
-    ref = av2_eval.compute_metrics(s.pred_flow[m], s.pred_dynamic[m], s.gt_flow[m], s.category[m], s.dynamic[m],
-                                   official_close(s.xyz[m]), s.flow_valid[m], FOREGROUND_BACKGROUND_BREAKDOWN)
+    ref = av2_eval.compute_metrics(s.pred_flow[m], s.pred_dynamic[m], s.gt_flow[m], s.category[m],
+                                   s.dynamic[m], official_close(s.xyz[m]), s.flow_valid[m],
+                                   FOREGROUND_BACKGROUND_BREAKDOWN)
     stats = av2_2023_frame_stats(s)
     assert len(ref["Class"]) == 8
     for j in range(8):
@@ -86,8 +87,9 @@ def test_frame_stats_match_compute_metrics(make_flow_sample, seed, kind):
 
 def test_evaluate_end_to_end_matches(make_flow_sample, tmp_path, capsys):
     rng = np.random.default_rng(11)
-    samples = [make_flow_sample(rng, n=900), make_flow_sample(rng, n=500), make_flow_sample(rng, all_static=True),
-               make_flow_sample(rng, no_foreground=True), make_flow_sample(rng, n=3)]
+    samples = [make_flow_sample(rng, n=900), make_flow_sample(rng, n=500),
+               make_flow_sample(rng, all_static=True), make_flow_sample(rng, no_foreground=True),
+               make_flow_sample(rng, n=3)]
     for i, s in enumerate(samples):
         write_official_files(s, tmp_path / "anno", tmp_path / "pred", f"log{i % 2}", 1000 + i)
     theirs = av2_eval.evaluate(str(tmp_path / "anno"), str(tmp_path / "pred"))
@@ -165,8 +167,8 @@ def test_real_pair_matches_evaluate(av2_pair, tmp_path, prediction, capsys):
         scale = rng.choice([0.1, 1.0, 5.0], (len(d["gt"]), 1))
         pred = (d["gt"] + rng.normal(0, 0.04, d["gt"].shape) * scale).astype(np.float32)
         pred_dynamic = av2_dynamic_mask(pred, d["ego_flow"])
-    s = FlowSample(pred, d["gt"], d["valid"], d["category"], d["dynamic"], d["ground"], d["xyz"], d["ego_flow"],
-                   pred_dynamic, frame_id="7fab2350/0")
+    s = FlowSample(pred, d["gt"], d["valid"], d["category"], d["dynamic"], d["ground"], d["xyz"],
+                   d["ego_flow"], pred_dynamic, frame_id="7fab2350/0")
     log_id = "7fab2350-7eaf-3b7e-a39d-6937a4c1bede"
     write_official_files(s, tmp_path / "anno", tmp_path / "pred", log_id, d["ts"])
     theirs = av2_eval.evaluate(str(tmp_path / "anno"), str(tmp_path / "pred"))

@@ -77,7 +77,8 @@ def test_kitti_metric_merges_workers_exactly(frames):
     single = one.compute_metrics(one.results)
     _same(single, a.compute_metrics(a.results + b.results))
     r = kitti_result(kitti_frame_stats(f) for f in frames)
-    _same(single, {"EPE3D": r.epe3d, "Acc3DS": r.acc3d_strict, "Acc3DR": r.acc3d_relax, "Outliers": r.outliers})
+    _same(single, {"EPE3D": r.epe3d, "Acc3DS": r.acc3d_strict, "Acc3DR": r.acc3d_relax,
+                   "Outliers": r.outliers})
 
 
 def test_process_rejects_other_sample_types():

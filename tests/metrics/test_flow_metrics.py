@@ -95,8 +95,8 @@ def test_kitti_metrics_average_per_frame():
         expected.append(hplflownet_evaluate_3d(pred, gt))
     frames.append(FlowSample(np.zeros((3, 3)), np.zeros((3, 3)), np.zeros(3, bool)))  # no valid point
     r = kitti_result(kitti_frame_stats(f) for f in frames)
-    np.testing.assert_allclose([r.epe3d, r.acc3d_strict, r.acc3d_relax, r.outliers], np.mean(expected, axis=0),
-                               rtol=1e-12)
+    np.testing.assert_allclose([r.epe3d, r.acc3d_strict, r.acc3d_relax, r.outliers],
+                               np.mean(expected, axis=0), rtol=1e-12)
     assert (r.num_frames, r.num_empty_frames) == (3, 1)
     assert r.acc3d_strict < r.acc3d_relax and 0 < r.outliers < 1
 
@@ -116,8 +116,8 @@ PUBLISHED_CLASSES = {  # "I Can't Believe It's Not Scene Flow!", BucketedSceneFl
     "CAR": ["REGULAR_VEHICLE"],
     "PEDESTRIAN": ["PEDESTRIAN", "STROLLER", "WHEELCHAIR", "OFFICIAL_SIGNALER"],
     "WHEELED_VRU": ["BICYCLE", "BICYCLIST", "MOTORCYCLE", "MOTORCYCLIST", "WHEELED_DEVICE", "WHEELED_RIDER"],
-    "OTHER_VEHICLES": ["BOX_TRUCK", "LARGE_VEHICLE", "RAILED_VEHICLE", "TRUCK", "TRUCK_CAB", "VEHICULAR_TRAILER",
-                       "ARTICULATED_BUS", "BUS", "SCHOOL_BUS"],
+    "OTHER_VEHICLES": ["BOX_TRUCK", "LARGE_VEHICLE", "RAILED_VEHICLE", "TRUCK", "TRUCK_CAB",
+                       "VEHICULAR_TRAILER", "ARTICULATED_BUS", "BUS", "SCHOOL_BUS"],
 }
 
 
@@ -164,7 +164,8 @@ def reference_bucketed(frames: list[FlowSample], close: float = 35.0):
         keep = s.flow_valid & av2_eval_mask(s.xyz, s.ground)
         keep &= np.linalg.norm(s.xyz[:, :2], ord=np.inf, axis=1) < close
         gt, pred, ego = (a[keep].astype(np.float64) for a in (s.gt_flow, s.pred_flow, s.ego_flow))
-        cat, speed, epe = s.category[keep], np.linalg.norm(gt - ego, axis=1), np.linalg.norm(gt - pred, axis=1)
+        cat = s.category[keep]
+        speed, epe = np.linalg.norm(gt - ego, axis=1), np.linalg.norm(gt - pred, axis=1)
         for b, (lo, hi) in enumerate(zip(BUCKET_EDGES, BUCKET_EDGES[1:])):
             for c in np.unique(cat):
                 m = (cat == c) & (speed >= lo) & (speed < hi)
@@ -193,7 +194,8 @@ def test_bucketed_matches_written_out_definition(make_flow_sample):
     ours = av2_2024_result(av2_2024_frame_stats(s) for s in frames)
     rows, mean_static, mean_dynamic = reference_bucketed(frames)
     for cls, err in ours.classes.items():
-        np.testing.assert_allclose([err.static_epe, err.dynamic_error], rows[cls.value], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose([err.static_epe, err.dynamic_error], rows[cls.value], rtol=1e-9,
+                                   equal_nan=True)
     np.testing.assert_allclose([ours.mean_static_epe, ours.mean_dynamic_error], [mean_static, mean_dynamic],
                                rtol=1e-9)
     assert np.isfinite(ours.classes[BucketClass.CAR].dynamic_error)
@@ -210,10 +212,11 @@ def test_bucketed_matches_the_reference_package_when_installed(make_flow_sample,
     ev = bucketed_epe.BucketedEPEEvaluator(class_id_to_name=CATEGORY_MAP, output_path=tmp_path,
                                            meta_class_lookup=BUCKETED_METACATAGORIES)
     for s in frames:
-        keep = s.flow_valid & av2_eval_mask(s.xyz, s.ground)  # the challenge's submission mask and valid flows
+        keep = s.flow_valid & av2_eval_mask(s.xyz, s.ground)  # submission mask and valid flows
         gt, pred, ego = (a[keep].astype(np.float64) for a in (s.gt_flow, s.pred_flow, s.ego_flow))
+        class_ids = s.category[keep].astype(np.int64) - 1  # the package counts from -1 (BACKGROUND)
         ev.eval_frame_results.append(ev._build_eval_frame_results(
-            PointCloud(s.xyz[keep].astype(np.float64)), s.category[keep].astype(np.int64) - 1, gt - ego, pred - ego))
+            PointCloud(s.xyz[keep].astype(np.float64)), class_ids, gt - ego, pred - ego))
     per_class = ev.compute_results(save_results=False)
     matrix = ev._build_stat_table(ev._category_to_average_stats(ev._category_to_per_frame_stats()), 35)
     ours = av2_2024_result(av2_2024_frame_stats(s) for s in frames)
@@ -232,9 +235,7 @@ def test_bucketed_real_pair_ego_motion_prediction(av2_log_dir):
     reader = Av2LogReader(av2_log_dir)
     f0, f1 = reader[0], reader[1]
     ego = ego_motion_flow(f0.xyz, f0.pose, f1.pose).astype(np.float64)
-    lab = f0.labels
-    s = FlowSample(ego, lab.flow, lab.flow_valid, lab.flow_category, lab.moving, lab.ground, f0.xyz, ego,
-                   frame_id=f0.frame_id)
+    s = FlowSample.from_labels(ego, f0.labels, f0.xyz_in_ego(), ego_flow=ego, frame_id=f0.frame_id)
     r = av2_2024_result([av2_2024_frame_stats(s)])
     dynamic = r.mean_epe[:, 1:] / r.mean_speed[:, 1:]
     assert np.isfinite(dynamic).sum() >= 5

@@ -127,7 +127,8 @@ def test_auto_backend_and_drop_log(caplog):
     with caplog.at_level(logging.DEBUG, logger="perception4d.voxelize"):
         voxelize(pts, np.zeros(2, np.int32), GEOM)
     messages = [r.getMessage() for r in caplog.records if r.name == "perception4d.voxelize"]
-    assert len(messages) == 1 and "[numba]" in messages[0] and "dropped 1 out of range, 0 non-finite" in messages[0]
+    assert len(messages) == 1 and "[numba]" in messages[0]
+    assert "dropped 1 out of range, 0 non-finite" in messages[0]
     with pytest.raises(ValueError, match="backend must be one of"):
         voxelize(pts, np.zeros(2, np.int32), GEOM, backend="cuda")
 
@@ -141,7 +142,7 @@ def test_cuda_torch_backend_matches_cpu_numba():
     dev = torch.device("cuda")
     b = voxelize(torch.from_numpy(pts).to(dev), torch.from_numpy(time).to(dev), GEOM,
                  batch=torch.from_numpy(batch).to(dev))
-    assert b.device.type == "cuda" and b.features.device.type == "cuda" and b.point_to_voxel.device.type == "cuda"
+    assert {t.device.type for t in (b.coords, b.features, b.counts, b.point_to_voxel)} == {"cuda"}
     _assert_same(voxelize(pts, time, GEOM, batch=batch, backend="numba"), b)
     with pytest.raises(ValueError, match="runs on CPU"):
         voxelize(torch.from_numpy(pts).to(dev), torch.from_numpy(time).to(dev), GEOM, backend="numba")
@@ -152,7 +153,8 @@ def _kitti_window(root, scans: list[str], t0: int) -> Window:
     for k, name in enumerate(scans):
         path = root / "sequences" / "00" / "velodyne" / f"{name}.bin"
         pts = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
-        frames.append(Frame(points=pts, timestamp_ns=(t0 + k) * 100_000_000, frame_id=f"00/{name}", source=str(path)))
+        frames.append(Frame(points=pts, timestamp_ns=(t0 + k) * 100_000_000, frame_id=f"00/{name}",
+                            source=str(path)))
     return Window(tuple(frames))
 
 
@@ -171,7 +173,8 @@ def test_voxelize_windows_on_semantickitti_scans(semantickitti_root):
     _assert_same(st, ref)
     kept = st.point_to_voxel >= 0
     coords = st.coords[st.point_to_voxel[kept]].numpy()
-    assert np.array_equal(coords[:, 0], batch[kept.numpy()]) and np.array_equal(coords[:, 4], time[kept.numpy()])
+    assert np.array_equal(coords[:, 0], batch[kept.numpy()])
+    assert np.array_equal(coords[:, 4], time[kept.numpy()])
     inside = ((points[:, :3] >= geom.lower) & (points[:, :3] < geom.upper)).all(1)
     assert st.dropped.out_of_range == int((~inside).sum()) > 0 and st.dropped.non_finite == 0
     assert int(st.counts.sum()) == int(inside.sum())

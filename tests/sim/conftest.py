@@ -11,6 +11,11 @@ EXACT = HDL64E.with_overrides(name="hdl64e_coarse_exact", azimuth_resolution_deg
 
 
 @pytest.fixture(scope="session")
+def exact_preset():
+    return EXACT
+
+
+@pytest.fixture(scope="session")
 def exact_seq():
     return simulate(EXACT, num_frames=3, seed=7)
 

@@ -59,5 +59,6 @@ def test_moving_points_follow_their_object(exact_seq):
             else:  # turning: the mean over the visible surface is close to the centre's displacement
                 vx, vy = obj.trajectory.velocity(t0)
                 assert np.linalg.norm(own.mean(0) - expected) < 0.05 * np.hypot(vx, vy) * dt + 0.02
-            checked.add(kind)
-    assert checked == {"constant_velocity", "accelerating", "turning"}
+            checked.add((kind, obj.kind))
+    assert {k for k, _ in checked} == {"constant_velocity", "accelerating", "turning"}
+    assert ("turning", "car") in checked

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from perception4d.core.labels import (OCC_CLASSES, OCC_IGNORE, SEMANTICKITTI_NAMES, is_moving, is_valid_semantic,
-                                      mos_label, occupancy_class)
+from perception4d.core.labels import (OCC_CLASSES, OCC_IGNORE, SEMANTICKITTI_NAMES, is_moving,
+                                      is_valid_semantic, mos_label, occupancy_class)
 from perception4d.sim.scene import KINDS
 
 
@@ -19,8 +19,8 @@ def test_occupancy_classes():
     assert OCC_CLASSES[0] == "free" and len(OCC_CLASSES) == 14
     occ = occupancy_class(np.array([10, 252, 30, 254, 40, 48, 72, 50, 70, 71, 80, 81, 0, 1]))
     names = [OCC_CLASSES[c] if c != OCC_IGNORE else "ignore" for c in occ]
-    assert names == ["car", "car", "person", "person", "road", "sidewalk", "terrain", "building", "vegetation",
-                     "vegetation", "pole", "pole", "ignore", "ignore"]
+    assert names == ["car", "car", "person", "person", "road", "sidewalk", "terrain", "building",
+                     "vegetation", "vegetation", "pole", "pole", "ignore", "ignore"]
     # every named id maps somewhere; only unlabeled/outlier are ignored
     named = np.array(sorted(SEMANTICKITTI_NAMES))
     assert set(named[occupancy_class(named) == OCC_IGNORE]) == {0, 1}

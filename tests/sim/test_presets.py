@@ -17,7 +17,8 @@ def test_registry_and_lookup():
 
 
 @pytest.mark.parametrize("name, beams, top, bottom, rate", [
-    ("hdl64e", 64, 2.0, -24.9, 10.0), ("hdl32e", 32, 10.67, -30.67, 20.0), ("vlp32c_x2", 64, 15.0, -25.0, 10.0)])
+    ("hdl64e", 64, 2.0, -24.9, 10.0), ("hdl32e", 32, 10.67, -30.67, 20.0),
+    ("vlp32c_x2", 64, 15.0, -25.0, 10.0)])
 def test_beam_layout(name, beams, top, bottom, rate):
     p = PRESETS[name]
     origins, dirs, laser = p.rays()
