@@ -3,8 +3,9 @@
 Each kept point gets a linear int64 key ``(((b*X + x)*Y + y)*Z + z)*T + t``,
 whose numeric order is the lexicographic order of ``(b, x, y, z, t)``. The
 kept keys are put in order by a stable LSD radix sort (a few linear passes,
-no comparison sort), then one pass over the sorted keys yields the unique
-voxels, the inverse map, the counts and the float64 feature sums.
+no comparison sort), then a pass over the sorted keys yields the unique
+voxels, the inverse map, the counts and the means (summed in float64).
+Each stage splits its loop into one contiguous chunk per numba thread.
 
 Quantization is done in float32 with the bounds rounded to float32, exactly
 as the torch backend does it, so the two give identical voxels.
@@ -23,13 +24,17 @@ _NON_FINITE = -2
 
 
 def _jit(parallel: bool = False):
-    """``njit(cache=True, nogil=True)``, without the cache where no cache folder is writable."""
+    """``njit(cache=True)``, without the cache where no cache folder is writable.
+
+    The GIL stays held: concurrent launches from several Python threads would
+    abort under numba's workqueue threading layer.
+    """
 
     def wrap(fn):
         try:
-            return numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
+            return numba.njit(cache=True, parallel=parallel)(fn)
         except RuntimeError:  # numba found no writable cache location
-            return numba.njit(cache=False, nogil=True, parallel=parallel)(fn)
+            return numba.njit(cache=False, parallel=parallel)(fn)
 
     return wrap
 
@@ -67,7 +72,8 @@ def _radix_sort(keys, nbits, digit_bits, nchunk):
     """Stable LSD radix sort of the non-negative keys; returns (sorted keys, their point index, drop counts).
 
     Work is split into ``nchunk`` contiguous chunks with one histogram each, so
-    every chunk scatters independently and the result stays stable.
+    every chunk scatters independently and the result stays stable. ``keys``
+    is overwritten (it serves as a buffer once the first pass has read it).
     """
     n = keys.shape[0]
     radix = 1 << digit_bits
@@ -91,7 +97,7 @@ def _radix_sort(keys, nbits, digit_bits, nchunk):
     kept = 0
     for t in range(nchunk):
         kept += tally[t, 0]
-    a_key = np.empty(kept, np.int64)
+    a_key = keys[:kept]  # the input keys are consumed by pass 0, so their memory is reused
     a_idx = np.empty(kept, np.int32)
     b_key = np.empty(kept, np.int64)
     b_idx = np.empty(kept, np.int32)
@@ -159,38 +165,39 @@ def _reduce_sorted(points, s_key, s_idx, dims, nchunk):
         first[t + 1] += first[t]
     nvox = first[nchunk]
 
-    ukeys = np.empty(nvox, np.int64)
-    counts = np.zeros(nvox, np.int32)
-    sums = np.zeros((nvox, c), np.float64)
-    p2v = np.full(n, -1, np.int64)
-    for t in numba.prange(nchunk):
-        v = first[t] - 1
-        for j in range(vb[t], vb[t + 1]):
-            k = s_key[j]
-            if j == vb[t] or k != s_key[j - 1]:
-                v += 1
-                ukeys[v] = k
-            counts[v] += 1
-            i = s_idx[j]
-            p2v[i] = v
-            for q in range(c):
-                sums[v, q] += points[i, q]
-
+    counts = np.empty(nvox, np.int32)
     feats = np.empty((nvox, c), np.float32)
     coords = np.empty((nvox, 5), np.int32)
+    p2v = np.full(n, -1, np.int64)
     nx, ny, nz, nt = dims[0], dims[1], dims[2], dims[3]
-    for v in numba.prange(nvox):
-        for q in range(c):
-            feats[v, q] = sums[v, q] / counts[v]
-        k = ukeys[v]
-        coords[v, 4] = k % nt
-        k //= nt
-        coords[v, 3] = k % nz
-        k //= nz
-        coords[v, 2] = k % ny
-        k //= ny
-        coords[v, 1] = k % nx
-        coords[v, 0] = k // nx
+    for t in numba.prange(nchunk):
+        acc = np.empty(c, np.float64)  # float64 sums of the current voxel
+        v = first[t]
+        j = vb[t]
+        while j < vb[t + 1]:
+            k = s_key[j]
+            for q in range(c):
+                acc[q] = 0.0
+            m = 0
+            while j < vb[t + 1] and s_key[j] == k:
+                i = s_idx[j]
+                p2v[i] = v
+                for q in range(c):
+                    acc[q] += points[i, q]
+                m += 1
+                j += 1
+            counts[v] = m
+            for q in range(c):
+                feats[v, q] = acc[q] / m
+            coords[v, 4] = k % nt
+            k //= nt
+            coords[v, 3] = k % nz
+            k //= nz
+            coords[v, 2] = k % ny
+            k //= ny
+            coords[v, 1] = k % nx
+            coords[v, 0] = k // nx
+            v += 1
     return coords, feats, counts, p2v
 
 
@@ -205,15 +212,16 @@ def voxelize_numba(points: np.ndarray, time: np.ndarray, batch: np.ndarray | Non
                    dims: tuple[int, int, int, int, int]) -> VoxelArrays:
     """Voxelize validated CPU arrays.
 
-    points (P, C) float32 C-contiguous; time (P,) int64 already checked to lie in [0, T);
-    batch (P,) int64 in [0, B) or None; lower/upper/voxel_size float32 (3,);
+    points (P, C) float32 C-contiguous; time (P,) int32 already checked to lie in [0, T);
+    batch (P,) int32 in [0, B) or None; lower/upper/voxel_size float32 (3,);
     dims (B, X, Y, Z, T) with B*X*Y*Z*T < 2**63.
     """
     if points.shape[0] >= 2**31:
         raise ValueError(f"voxelize_numba: {points.shape[0]} points exceed the int32 point index")
     nb, nx, ny, nz, nt = (int(d) for d in dims)
     keys = np.empty(points.shape[0], np.int64)
-    batch_arr = np.zeros(0, np.int64) if batch is None else batch
+    time = time.astype(np.int32, copy=False)
+    batch_arr = np.zeros(0, np.int32) if batch is None else batch.astype(np.int32, copy=False)
     grid = np.array([nx, ny, nz, nt], np.int64)
     _point_keys(points, time, batch_arr, lower, upper, voxel_size, grid, keys)
     nbits = max(1, int(nb * nx * ny * nz * nt - 1).bit_length())

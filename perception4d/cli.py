@@ -42,8 +42,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n = sum(f.num_points for f in seq.frames)
     print(f"simulated {len(seq.frames)} frames ({n} points, preset {args.preset}, seed {args.seed}) "
           f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
-    for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
-        print(f"  {p}")
+    for name in ("semantickitti", "av2", "occupancy", "metadata"):
+        if getattr(paths, name) is not None:
+            print(f"  {name}: {getattr(paths, name)}")
     return 0
 
 
@@ -163,14 +164,17 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--preset", default="hdl64e")
+    p.add_argument("--checkpoint", default=None, help="default: the checkpoint shipped with the package")
+    p.add_argument("--device", default="cpu")
 
 
 @command("demo", _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default job: simulate a sequence, voxelize its 4D window, write pictures."""
+    """The embedded default job: simulate a sequence, run scene flow on it, print metrics, write pictures."""
     from perception4d.demo import run_demo
 
-    return run_demo(out=args.out, seed=args.seed, frames=args.frames, preset=args.preset)
+    return run_demo(out=args.out, seed=args.seed, frames=args.frames, preset=args.preset,
+                    checkpoint=args.checkpoint, device=args.device)
 
 
 # --- entry point -------------------------------------------------------------------------------

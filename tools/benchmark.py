@@ -1,6 +1,7 @@
 """Benchmarks of perception4d stages, printed as Markdown tables.
 
     python tools/benchmark.py voxelize [--device cpu|cuda] [--points 100000] [--frames 5] [--repeats 20]
+    python tools/benchmark.py flow [--device cpu|cuda] [--precision fp32,fp16] [--repeats 30]
 
 Each subcommand is a function registered in ``COMMANDS``; the helpers below
 (timing, peak memory, environment line, table) are shared by all of them.
@@ -9,6 +10,7 @@ Each subcommand is a function registered in ``COMMANDS``; the helpers below
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import datetime
 import os
@@ -293,6 +295,100 @@ def bench_voxelize(args: argparse.Namespace) -> None:
           f"{args.reference_repeats}); memory: {results[0][4]} on CPU, {results[1][4]} for the torch row; "
           f"first numba call {results[0][2].first_call_s:.2f} s (compilation or cache load); "
           f"backends and reference agree: {'yes' if same else 'NO'}")
+
+
+def _configure_flow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--config", default=str(REPO / "configs" / "flow_sparseunet_5f_sim.py"))
+    p.add_argument("--checkpoint", default=None, help="weights (default: random init; timing does not depend on them)")
+    p.add_argument("--preset", default="vlp32c_x2", help="simulated sensor (vlp32c_x2: AV2-size sweeps, ~100k points)")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--precision", default="fp32,fp16,amp",
+                   help="comma list: fp32; fp16 (half weights and features); amp (fp32 weights under autocast); "
+                        "fp16/amp on CUDA only")
+    p.add_argument("--seed", type=int, default=11)
+
+
+#: the public Flow4D network on these GPUs (5 sweeps of 100k points), ms per forward in fp32
+FLOW4D_REFERENCE_MS = {"H100": 52.3, "H200": 41.8}
+
+
+@command("flow", "scene flow end to end: voxelize / encoder / backbone / head, fp32 and fp16", _configure_flow)
+def bench_flow(args: argparse.Namespace) -> None:
+    from mmengine.config import Config
+
+    from perception4d.core import Geometry, Window
+    from perception4d.datasets.sample import build_window_sample
+    from perception4d.models import build_model
+    from perception4d.sim import simulate
+    from perception4d.utils.timing import StageTimer
+
+    device = resolve_device(args.device)
+    cfg = Config.fromfile(args.config)
+    geometry = Geometry.from_config(cfg.geometry)
+    model = build_model(cfg.model)
+    if args.checkpoint:
+        from perception4d.engine.checkpoint import load_state_dict
+
+        model.load_state_dict(load_state_dict(args.checkpoint))
+    model.to(device).eval()
+    seq = simulate(preset=args.preset, num_frames=geometry.num_frames, seed=args.seed, occupancy=None)
+    sample = build_window_sample(Window(tuple(seq.frames)), geometry, "bench", with_targets=False)
+    n_points = len(sample.aligned.points)
+    params = sum(p.numel() for p in model.parameters())
+    precisions = [p for p in args.precision.split(",") if p == "fp32" or device.type == "cuda"]
+    fp32_model = model
+    rows = []
+    nvox = 0
+    for prec in precisions:
+        amp = prec == "amp"
+        model = copy.deepcopy(fp32_model).half() if prec == "fp16" else fp32_model
+
+        def run(timer=None):
+            model.timer = timer or model.timer
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                if timer is not None:
+                    with timer.stage("voxelize"):
+                        data = model.data_preprocessor({"inputs": [sample]})
+                else:
+                    data = model.data_preprocessor({"inputs": [sample]})
+                return model(**data, mode="tensor"), data
+
+        for _ in range(args.warmup):
+            run()
+        # end to end, no per-stage synchronisation
+        from perception4d.utils.timing import NullTimer
+
+        model.timer = NullTimer()
+        total = time_call(lambda: run(), device, args.repeats, warmup=1)
+        # per stage (synchronised around each stage)
+        timer = StageTimer(device)
+        for _ in range(args.repeats):
+            _, data = run(timer)
+        model.timer = NullTimer()
+        nvox = data["inputs"].sparse.num_voxels
+        stages = {k: float(np.median(v)) for k, v in timer.times.items()}
+        mem, _method = peak_memory(lambda: run(), device)
+        rows.append([prec, f"{total.median_s * 1e3:.1f}", *(f"{stages.get(k, float('nan')):.1f}" for k in
+                     ("voxelize", "encoder", "backbone", "head")), f"{mem / 2**20:.0f}",
+                     f"{n_points / total.median_s / 1e6:.1f}"])
+    ref = next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)), None)
+    print(f"## flow: {geometry.num_frames} sweeps of the simulated {args.preset} sensor ({n_points} points, "
+          f"{nvox} voxels), grid {geometry.spatial_shape}, {params} parameters")
+    print(environment_line(device))
+    print()
+    headers = ["precision", "ms / frame", "voxelize", "encoder", "backbone", "head", "peak memory (MiB)",
+               "M points/s"]
+    if ref is not None:
+        headers.append("vs Flow4D fp32")
+        for r in rows:
+            r.append(f"{ref / float(r[1]):.1f}x")
+    print(markdown_table(headers, rows))
+    print()
+    print(f"median of {args.repeats} runs after {args.warmup} warm-up runs; stage columns are medians with a "
+          f"device synchronisation around each stage; 'ms / frame' is end to end without them"
+          + (f"; Flow4D reference: {ref} ms fp32 on this GPU kind (ENVIRONMENT.md)" if ref else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

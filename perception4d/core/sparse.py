@@ -101,8 +101,9 @@ class SparseTensor4D:
 
     def to_spconv(self, features: torch.Tensor | None = None):
         """A ``spconv.pytorch.SparseConvTensor`` over the same voxels (indices (b, x, y, z, t))."""
-        import spconv.pytorch as spconv
+        from perception4d.models.spconv_utils import import_spconv
 
+        spconv = import_spconv()
         feats = self.features if features is None else features
         if feats.shape[0] != self.num_voxels:
             raise ValueError(f"to_spconv: {feats.shape[0]} feature rows for {self.num_voxels} voxels")

@@ -100,7 +100,7 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
     bt = None if batch is None else _index_array(batch, "batch", n, device)
     nb = _check_ranges(tm, bt, geometry.num_frames, batch_size)
     dims = (nb, *geometry.spatial_shape)
-    if np.prod(np.array(dims, dtype=np.float64)) >= 2.0**63:
+    if np.prod(np.array(dims, dtype=np.float64)) >= 2.0**63 or nb >= 2**31:
         raise ValueError(f"voxelize: grid (batch, X, Y, Z, T) = {dims} is too large for int64 voxel keys")
 
     lower, upper = geometry.lower, geometry.upper
@@ -113,8 +113,9 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
                              f"use backend='torch' or 'auto'")
         from perception4d.ops.voxelize_numba import voxelize_numba
 
-        res = voxelize_numba(np.ascontiguousarray(pts.numpy()), tm.numpy().astype(np.int64, copy=False),
-                             None if bt is None else bt.numpy().astype(np.int64, copy=False),
+        # indices are range-checked above, so int32 holds them (and AlignedWindow.time is int32 already)
+        res = voxelize_numba(np.ascontiguousarray(pts.numpy()), tm.numpy().astype(np.int32, copy=False),
+                             None if bt is None else bt.numpy().astype(np.int32, copy=False),
                              lower, upper, voxel_size, dims)
         coords, feats = torch.from_numpy(res.coords), torch.from_numpy(res.features)
         counts, p2v = torch.from_numpy(res.counts), torch.from_numpy(res.point_to_voxel)

@@ -80,20 +80,22 @@ class WindowFlowDataset(Dataset):
 
 @DATASETS.register_module()
 class SimFlowDataset(WindowFlowDataset):
-    """Sequences from the built-in LiDAR simulator, generated at construction (one per seed)."""
+    """Sequences from the built-in LiDAR simulator, generated at construction: one per (seed, preset)."""
 
     def __init__(self, geometry: dict, seeds: Sequence[int] = (0,), frames_per_sequence: int = 10,
-                 preset: str = "hdl64e", preset_overrides: dict | None = None):
+                 preset: str | Sequence[str] = "hdl64e", preset_overrides: dict | None = None):
         from dataclasses import replace
 
         from perception4d.sim import get_preset, simulate
 
-        sensor = replace(get_preset(preset), **(preset_overrides or {}))
+        presets = [preset] if isinstance(preset, str) else list(preset)
         readers = []
-        for seed in seeds:
-            seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=None)
-            readers.append(FrameListReader(seq.frames, f"sim_{preset}_{seed}"))
-        log.info("simulated %d sequences x %d frames (%s)", len(readers), frames_per_sequence, preset)
+        for name in presets:
+            sensor = replace(get_preset(name), **(preset_overrides or {}))
+            for seed in seeds:
+                seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=None)
+                readers.append(FrameListReader(seq.frames, f"sim_{name}_{seed}"))
+        log.info("simulated %d sequences x %d frames (%s)", len(readers), frames_per_sequence, ", ".join(presets))
         super().__init__(readers, geometry)
 
 

@@ -49,12 +49,13 @@ class PointEncoder(nn.Module):
     def forward(self, points: torch.Tensor, time: torch.Tensor, sparse: SparseTensor4D):
         """Returns (voxel features (V, C), point features (P, C))."""
         if sparse.num_voxels == 0:
-            zeros = points.new_zeros(points.shape[0], self.out_channels)
-            return points.new_zeros(0, self.out_channels), zeros
+            dtype = self.mlp[0].weight.dtype
+            return points.new_zeros(0, self.out_channels, dtype=dtype), points.new_zeros(
+                points.shape[0], self.out_channels, dtype=dtype)
         raw = self.point_inputs(points, time, sparse)
         idx = (sparse.point_to_voxel >= 0).nonzero(as_tuple=True)[0]
-        point_feats = raw.new_zeros(raw.shape[0], self.out_channels)
+        point_feats = raw.new_zeros(raw.shape[0], self.out_channels, dtype=self.mlp[0].weight.dtype)
         if idx.numel() > 0:
-            point_feats = point_feats.index_put((idx,), self.mlp(raw[idx]))
+            point_feats = point_feats.index_put((idx,), self.mlp(raw[idx].to(self.mlp[0].weight.dtype)))
         voxel_feats = scatter_mean(point_feats, sparse.point_to_voxel, sparse.num_voxels)
         return voxel_feats, point_feats

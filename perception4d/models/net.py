@@ -18,7 +18,7 @@ from perception4d.models.backbone_spconv import SparseUNet4D  # noqa: F401  (reg
 from perception4d.models.encoder import PointEncoder
 from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
 from perception4d.models.preprocessor import BatchedWindows
-from perception4d.models.spconv_utils import set_spconv_algo
+from perception4d.models.spconv_utils import guard_spconv_dtypes, set_spconv_algo
 from perception4d.registry import MODELS
 from perception4d.utils.timing import NullTimer
 
@@ -60,6 +60,7 @@ class Perception4DNet(BaseModel):
             cfg.setdefault("point_channels", self.encoder.point_channels)
             heads_built[name] = MODELS.build(cfg)
         self.heads = nn.ModuleDict(heads_built)
+        guard_spconv_dtypes(self)
         self._algo_device: torch.device | None = None
         self.timer = NullTimer()  # set a StageTimer to time encoder / backbone / head
 

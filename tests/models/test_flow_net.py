@@ -20,7 +20,7 @@ SMALL = dict(point_range=(-12.8, -12.8, -2.2, 12.8, 12.8, 4.2), voxel_size=(0.2,
 
 def build_small_model():
     cfg = Config.fromfile(str(CONFIGS / "flow_sparseunet_5f_sim.py"))
-    cfg.model.data_preprocessor.geometry = SMALL
+    cfg.model.data_preprocessor.geometry = SMALL  # real channel widths, small grid
     torch.manual_seed(0)
     return build_model(cfg.model)
 

@@ -23,7 +23,8 @@ def _data(train_seed, val_seed):
     for split, seed, frames in (("train_dataloader", train_seed, 4), ("val_dataloader", val_seed, 3),
                                 ("test_dataloader", val_seed, 3)):
         opts += [f"{split}.dataset.geometry.point_range={geo}", f"{split}.dataset.seeds=[{seed}]",
-                 f"{split}.dataset.frames_per_sequence={frames}",
+                 f"{split}.dataset.frames_per_sequence={frames}", f"{split}.dataset.preset=hdl64e",
+                 f"{split}.batch_size=2",
                  f"{split}.dataset.preset_overrides.azimuth_resolution_deg=1.0"]
     return opts
 

@@ -56,7 +56,7 @@ class FlowHead(nn.Module):
         p2v = batch.sparse.point_to_voxel[rows]
         inside = p2v >= 0
         feats = torch.cat([voxel_features[p2v.clamp(min=0)], point_features[rows]], dim=1)
-        residual = self.mlp(feats).float()
+        residual = self.mlp(feats.to(self.mlp[0].weight.dtype)).float()
         return batch.ego_flow + torch.where(inside[:, None], residual, torch.zeros_like(residual))
 
     def loss(self, flow: torch.Tensor, batch) -> dict[str, torch.Tensor]:
