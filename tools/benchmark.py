@@ -308,6 +308,7 @@ def _configure_flow(p: argparse.ArgumentParser) -> None:
                    help="comma list: fp32; fp16 (half weights and features); amp (fp32 weights under autocast); "
                         "fp16/amp on CUDA only")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--profile", metavar="FILE", help="also write a torch.profiler table (top ops, fp32) to FILE")
 
 
 #: the public Flow4D network on these GPUs (5 sweeps of 100k points), ms per forward in fp32
@@ -373,6 +374,8 @@ def bench_flow(args: argparse.Namespace) -> None:
         rows.append([prec, f"{total.median_s * 1e3:.1f}", *(f"{stages.get(k, float('nan')):.1f}" for k in
                      ("voxelize", "encoder", "backbone", "head")), f"{mem / 2**20:.0f}",
                      f"{n_points / total.median_s / 1e6:.1f}"])
+    if args.profile:
+        _profile_flow(fp32_model, sample, device, args.profile)
     ref = next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)), None)
     print(f"## flow: {geometry.num_frames} sweeps of the simulated {args.preset} sensor ({n_points} points, "
           f"{nvox} voxels), grid {geometry.spatial_shape}, {params} parameters")
@@ -389,6 +392,22 @@ def bench_flow(args: argparse.Namespace) -> None:
     print(f"median of {args.repeats} runs after {args.warmup} warm-up runs; stage columns are medians with a "
           f"device synchronisation around each stage; 'ms / frame' is end to end without them"
           + (f"; Flow4D reference: {ref} ms fp32 on this GPU kind (ENVIRONMENT.md)" if ref else ""))
+
+
+def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 10) -> None:
+    """torch.profiler over ``steps`` fp32 forwards (incl. voxelization): top ops by device and host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), profile(activities=acts) as prof:
+        for _ in range(steps):
+            model(**model.data_preprocessor({"inputs": [sample]}), mode="tensor")
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(f"# torch.profiler, {steps} forwards, {device_name(device)}\n\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n\n")
+        f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks on a CUDA machine (python3 with torch; spconv/mmengine from the device bundle).
-# Usage: tools/device_suite.sh OUT_DIR [train_iters] [train_timeout_s]
+# Usage: [TRAIN_ITERS=N] [TRAIN_LIMIT_S=380] [DDP=1] tools/device_suite.sh OUT_DIR
 #   1. GPU tests (every network layer fp32 / fp16 / autocast, backward)  -> OUT/gpu_tests.log
 #   2. tools/benchmark.py voxelize --device cuda                          -> OUT/bench_voxelize_cuda.md
-#   3. tools/benchmark.py flow --device cuda (fp32, fp16, amp)            -> OUT/bench_flow_cuda.md
-#   4. optional: train the flow checkpoint (configs/flow_sparseunet_5f_sim.py)
+#   3. tools/benchmark.py flow --device cuda (fp32, fp16, amp) + profile  -> OUT/bench_flow_cuda.md, profile_flow.txt
+#   4. TRAIN_ITERS>0: train the flow checkpoint (configs/flow_sparseunet_5f_sim.py)
 #                                                       -> OUT/flow_sparseunet_5f_sim.{pth,py,log,scalars.json}
+#   5. DDP=1 and >= 2 GPUs: a short torchrun DDP training run                 -> OUT/ddp_train.log
 set -uo pipefail
-out=${1:?OUT_DIR}; iters=${2:-0}; limit=${3:-400}
+out=${1:?OUT_DIR}; iters=${TRAIN_ITERS:-0}; limit=${TRAIN_LIMIT_S:-380}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -m pip install -q -e . --no-deps --no-build-isolation >/dev/null 2>&1 || echo "pip install -e failed"
 python3 -c "import torch, spconv, perception4d.ops; print('torch', torch.__version__, 'gpus', torch.cuda.device_count(), torch.cuda.get_device_name(0))"
 python3 -m pytest -q -p no:cacheprovider tests/models/test_gpu.py tests/models/test_backbone.py tests/ops 2>&1 | tail -8 | tee "$out/gpu_tests.log"
 python3 tools/benchmark.py voxelize --device cuda --repeats 50 2>&1 | grep -v Warning | tee "$out/bench_voxelize_cuda.md"
-python3 tools/benchmark.py flow --device cuda --repeats 50 2>&1 | grep -v -i warn | tail -12 | tee "$out/bench_flow_cuda.md"
+python3 tools/benchmark.py flow --device cuda --repeats 50 --profile "$out/profile_flow.txt" 2>&1 | grep -v -i warn | tail -12 | tee "$out/bench_flow_cuda.md"
 if [ "$iters" -gt 0 ]; then
   work=/tmp/work_flow
   timeout "$limit" python3 tools/train.py configs/flow_sparseunet_5f_sim.py --work-dir $work \
@@ -30,4 +31,14 @@ if [ "$iters" -gt 0 ]; then
   cp "$(ls $work/*/*.log | head -1)" "$out/flow_sparseunet_5f_sim.log"
   cp "$(ls $work/*/vis_data/scalars.json | head -1)" "$out/flow_sparseunet_5f_sim.scalars.json" 2>/dev/null
   rm -f "$out/train_stdout.txt"
+fi
+if [ "${DDP:-0}" = 1 ] && [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  timeout 240 torchrun --nproc_per_node 2 tools/train.py configs/flow_sparseunet_5f_sim.py \
+    --work-dir /tmp/work_ddp --launcher pytorch --cfg-options train_cfg.max_iters=40 train_cfg.val_interval=40 \
+    "train_dataloader.dataset.seeds=[0,1]" train_dataloader.dataset.frames_per_sequence=6 \
+    "val_dataloader.dataset.seeds=[1000]" val_dataloader.dataset.frames_per_sequence=3 \
+    train_dataloader.num_workers=4 default_hooks.logger.interval=10 param_scheduler=None \
+    > /tmp/ddp_stdout.txt 2>&1
+  echo "ddp exit $?"
+  grep -v -i warn /tmp/ddp_stdout.txt | grep -E "world_size|Distributed|Iter\(|Error|error" | head -30 | tee "$out/ddp_train.log"
 fi

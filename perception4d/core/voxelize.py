@@ -12,6 +12,7 @@ outside its range is an error.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -135,6 +136,101 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
                           geometry=geometry, point_to_voxel=p2v, counts=counts, dropped=dropped)
 
 
+class HostStaging:
+    """A reusable pinned host buffer for host -> GPU copies (null object on CPU: plain numpy memory).
+
+    Pinned memory makes ``non_blocking`` copies asynchronous and about twice as fast
+    as pageable ones; allocating it is slow, so the buffer is kept and grown.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self._buf: torch.Tensor | None = None
+        self._done: torch.cuda.Event | None = None
+        self._used = 0
+
+    def begin(self) -> None:
+        """Start filling a new batch (waits until the previous batch's copies have finished)."""
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        self._used = 0
+
+    def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised numpy array of ``shape``, in pinned memory when the device is a GPU."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if self.device.type != "cuda":
+            return np.empty(shape, dtype)
+        start = -(-self._used // 64) * 64  # 64-byte aligned slices
+        if self._buf is None or start + nbytes > self._buf.numel():
+            if self._used:  # earlier slices of this batch live in the old buffer: keep them valid
+                return torch.empty(nbytes, dtype=torch.uint8).pin_memory().numpy().view(dtype).reshape(shape)
+            self._buf = torch.empty(max(nbytes, 1 << 20) * 2, dtype=torch.uint8).pin_memory()
+            start = 0
+        self._used = start + nbytes
+        return self._buf[start:start + nbytes].numpy().view(dtype).reshape(shape)
+
+    def to_device(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+    def end(self) -> None:
+        """Mark the copies of this batch as issued (``begin`` waits for them)."""
+        if self.device.type == "cuda":
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(self.device))
+
+
+@dataclass
+class PackedWindows:
+    """Several AlignedWindows' points concatenated on a device, with time and batch indices."""
+
+    points: torch.Tensor  # (P, C) float32
+    time: torch.Tensor  # (P,) int32
+    batch: torch.Tensor  # (P,) int32
+    offsets: np.ndarray  # (B + 1,) window b's points are rows offsets[b]:offsets[b + 1]
+    columns: tuple[str, ...]
+
+
+def pack_windows(windows: Sequence[AlignedWindow], geometry: Geometry, device: torch.device | str,
+                 columns: Sequence[str] | None = None, staging: HostStaging | None = None) -> PackedWindows:
+    """Concatenate aligned windows and move them to ``device`` in one copy per array.
+
+    ``columns`` selects and orders the feature columns (default: the first window's). With a
+    ``staging`` buffer the host side is written straight into pinned memory.
+    """
+    if len(windows) == 0:
+        raise WindowError("pack_windows needs at least one window")
+    cols = tuple(windows[0].columns if columns is None else columns)
+    if cols[:3] != ("x", "y", "z"):
+        raise WindowError(f"pack_windows: columns must start with x, y, z, got {cols}")
+    sizes = []
+    for k, w in enumerate(windows):
+        if w.num_frames > geometry.num_frames:
+            raise WindowError(f"pack_windows: window {k} has {w.num_frames} frames but "
+                              f"geometry.num_frames is {geometry.num_frames}")
+        missing = [name for name in cols if name not in w.columns]
+        if missing:
+            raise WindowError(f"pack_windows: window {k} lacks columns {missing}; it has {w.columns}")
+        sizes.append(w.points.shape[0])
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    staging = staging or HostStaging(device)
+    staging.begin()
+    points = staging.array((int(offsets[-1]), len(cols)), np.float32)
+    tb = staging.array((2, int(offsets[-1])), np.int32)  # rows: time, batch
+    for k, w in enumerate(windows):
+        sl = slice(offsets[k], offsets[k + 1])
+        if tuple(w.columns) == cols:
+            points[sl] = w.points
+        else:
+            points[sl] = w.points[:, [w.columns.index(name) for name in cols]]
+        tb[0, sl] = w.time
+        tb[1, sl] = k
+    points_dev, tb_dev = staging.to_device(points), staging.to_device(tb)
+    staging.end()
+    return PackedWindows(points=points_dev, time=tb_dev[0], batch=tb_dev[1], offsets=offsets, columns=cols)
+
+
 def voxelize_windows(windows: Sequence[AlignedWindow], geometry: Geometry, device: torch.device | str,
                      columns: Sequence[str] | None = None) -> SparseTensor4D:
     """Batch aligned windows into one SparseTensor4D on ``device`` (batch index = position in the list).
@@ -142,26 +238,5 @@ def voxelize_windows(windows: Sequence[AlignedWindow], geometry: Geometry, devic
     The data moves to ``device`` once; ``point_to_voxel`` follows the windows' points concatenated in
     list order. ``columns`` selects and orders the feature columns (default: the first window's).
     """
-    if len(windows) == 0:
-        raise WindowError("voxelize_windows needs at least one window")
-    cols = tuple(windows[0].columns if columns is None else columns)
-    if cols[:3] != ("x", "y", "z"):
-        raise WindowError(f"voxelize_windows: columns must start with x, y, z, got {cols}")
-    chunks, times, sizes = [], [], []
-    for k, w in enumerate(windows):
-        if w.num_frames > geometry.num_frames:
-            raise WindowError(f"voxelize_windows: window {k} has {w.num_frames} frames but "
-                              f"geometry.num_frames is {geometry.num_frames}")
-        missing = [name for name in cols if name not in w.columns]
-        if missing:
-            raise WindowError(f"voxelize_windows: window {k} lacks columns {missing}; it has {w.columns}")
-        pts = w.points if tuple(w.columns) == cols else w.points[:, [w.columns.index(name) for name in cols]]
-        chunks.append(pts)
-        times.append(w.time)
-        sizes.append(pts.shape[0])
-    points = np.ascontiguousarray(np.concatenate(chunks, 0), dtype=np.float32)
-    time = np.concatenate(times, 0)
-    batch = np.repeat(np.arange(len(windows), dtype=np.int32), sizes)
-    device = torch.device(device)
-    return voxelize(torch.from_numpy(points).to(device), torch.from_numpy(time).to(device), geometry,
-                    batch=torch.from_numpy(batch).to(device), batch_size=len(windows))
+    packed = pack_windows(windows, geometry, device, columns)
+    return voxelize(packed.points, packed.time, geometry, batch=packed.batch, batch_size=len(windows))

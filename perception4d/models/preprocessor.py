@@ -14,7 +14,7 @@ from mmengine.model import BaseDataPreprocessor
 
 from perception4d.core.geometry import Geometry
 from perception4d.core.sparse import SparseTensor4D
-from perception4d.core.voxelize import voxelize
+from perception4d.core.voxelize import HostStaging, pack_windows, voxelize
 from perception4d.datasets.sample import WindowSample
 from perception4d.registry import MODELS
 
@@ -37,7 +37,7 @@ class BatchedWindows:
 
     sparse: SparseTensor4D
     points: torch.Tensor  # (P, C) aligned points
-    time: torch.Tensor  # (P,) int64
+    time: torch.Tensor  # (P,) int32
     source_rows: torch.Tensor  # (Ns,) int64
     source_batch: torch.Tensor  # (Ns,) int64
     ego_flow: torch.Tensor  # (Ns, 3)
@@ -52,47 +52,46 @@ class BatchedWindows:
 
 
 class WindowBatcher:
-    """Host -> device batching and voxelization of WindowSamples (no learnable state)."""
+    """Host -> device batching and voxelization of WindowSamples (no learnable state).
+
+    One pinned staging buffer per batcher: the points go to the device in one
+    asynchronous copy, time/batch indices in another.
+    """
 
     def __init__(self, geometry: Geometry):
         self.geometry = geometry
+        self._staging: dict[torch.device, HostStaging] = {}
+
+    def _stage(self, device: torch.device) -> HostStaging:
+        if device not in self._staging:
+            self._staging[device] = HostStaging(device)
+        return self._staging[device]
 
     def __call__(self, samples: list[WindowSample], device: torch.device | str) -> BatchedWindows:
         device = torch.device(device)
-        pts, times, batch, src_rows, src_batch, ego, dts, counts = [], [], [], [], [], [], [], []
-        offset = 0
-        for b, s in enumerate(samples):
-            a = s.aligned
-            pts.append(a.points)
-            times.append(a.time)
-            batch.append(np.full(len(a.points), b, np.int64))
-            sl = s.source_slice
-            src_rows.append(np.arange(sl.start, sl.stop, dtype=np.int64) + offset)
-            src_batch.append(np.full(sl.stop - sl.start, b, np.int64))
-            ego.append(s.ego_flow)
-            dts.append(np.full(sl.stop - sl.start, s.meta.dt, np.float32))
-            counts.append(sl.stop - sl.start)
-            offset += len(a.points)
+        if not samples:
+            raise ValueError("WindowBatcher needs at least one sample")
+        packed = pack_windows([s.aligned for s in samples], self.geometry, device, staging=self._stage(device))
+        counts = [s.source_slice.stop - s.source_slice.start for s in samples]
+        rows = np.concatenate([np.arange(s.source_slice.start, s.source_slice.stop, dtype=np.int64) + off
+                               for s, off in zip(samples, packed.offsets[:-1])])
+        sparse = voxelize(packed.points, packed.time, self.geometry, batch=packed.batch, batch_size=len(samples))
 
-        def to_dev(arrs, dtype=None):
-            t = torch.from_numpy(np.concatenate(arrs) if arrs else np.zeros(0))
-            if dtype is not None:
-                t = t.to(dtype)
-            return t.to(device, non_blocking=True)
+        def dev(arrays, dtype):
+            return torch.from_numpy(np.concatenate(arrays)).to(device=device, dtype=dtype, non_blocking=True)
 
-        points = to_dev(pts, torch.float32)
-        time = to_dev(times, torch.int64)
-        bidx = to_dev(batch, torch.int64)
-        sparse = voxelize(points, time, self.geometry, batch=bidx, batch_size=len(samples))
+        source_batch = torch.repeat_interleave(torch.arange(len(samples), device=device),
+                                               torch.tensor(counts, device=device))
+        dt = torch.tensor([s.meta.dt for s in samples], dtype=torch.float32, device=device)[source_batch]
         targets = None
-        if samples and all(s.targets is not None for s in samples):
-            targets = TargetTensors(flow=to_dev([s.targets.flow for s in samples], torch.float32),
-                                    valid=to_dev([s.targets.valid for s in samples], torch.bool),
-                                    dynamic=to_dev([s.targets.dynamic for s in samples], torch.bool))
-        return BatchedWindows(sparse=sparse, points=points, time=time, source_rows=to_dev(src_rows, torch.int64),
-                              source_batch=to_dev(src_batch, torch.int64), ego_flow=to_dev(ego, torch.float32),
-                              dt=to_dev(dts, torch.float32), source_counts=counts, samples=list(samples),
-                              targets=targets)
+        if all(s.targets is not None for s in samples):
+            targets = TargetTensors(flow=dev([s.targets.flow for s in samples], torch.float32),
+                                    valid=dev([s.targets.valid for s in samples], torch.bool),
+                                    dynamic=dev([s.targets.dynamic for s in samples], torch.bool))
+        return BatchedWindows(sparse=sparse, points=packed.points, time=packed.time,
+                              source_rows=dev([rows], torch.int64), source_batch=source_batch,
+                              ego_flow=dev([s.ego_flow for s in samples], torch.float32), dt=dt,
+                              source_counts=counts, samples=list(samples), targets=targets)
 
 
 @MODELS.register_module()
