@@ -149,6 +149,12 @@ class HostStaging:
         self._done: torch.cuda.Event | None = None
         self._used = 0
 
+    def __getstate__(self):  # copies and pickles start with an empty buffer (events cannot be copied)
+        return {"device": self.device}
+
+    def __setstate__(self, state):
+        self.__init__(state["device"])
+
     def begin(self) -> None:
         """Start filling a new batch (waits until the previous batch's copies have finished)."""
         if self._done is not None:
