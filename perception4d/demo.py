@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 KEYS = ("EPE 3-Way Average", "EPE/Foreground/Dynamic", "EPE/Foreground/Static", "EPE/Background/Static",
         "Dynamic IoU")

@@ -15,7 +15,6 @@ import ctypes
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from perception4d.utils.version import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,17 +138,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def code_version() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_name(device: torch.device) -> str:

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 from mmengine.hooks import Hook
 
 from perception4d.registry import HOOKS
-
-
-def code_version() -> str:
-    """``git describe`` of the package's checkout (with -dirty), or the package version."""
-    import perception4d
-
-    root = Path(perception4d.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"{perception4d.__version__}+{out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return perception4d.__version__
+from perception4d.utils.version import code_version
 
 
 def run_info() -> dict:
