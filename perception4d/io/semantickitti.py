@@ -9,8 +9,12 @@ Layout of one sequence folder ``sequences/<seq>/``:
   camera-0 frame; ``calib.txt``: ``Tr:`` (velodyne -> camera 0, 12 numbers);
 * ``times.txt``: seconds since the start of the sequence, one line a scan.
 
-The ego frame is the LiDAR frame (identity extrinsic); ``pose`` is
-``inv(Tr) @ P_i @ Tr``, i.e. the camera poses re-expressed in LiDAR frames.
+The LiDAR pose is ``inv(Tr) @ P_i @ Tr``, i.e. the camera poses re-expressed in
+LiDAR frames. The ego frame is the LiDAR frame moved down to the ground
+(KITTI's Velodyne sits ``lidar_height`` = 1.73 m above it), so that heights
+mean the same as in Argoverse 2 and the simulator: ``extrinsic`` (ego_T_lidar)
+is a translation of +1.73 m in z and ``pose`` is world_T_lidar @ lidar_T_ego.
+``lidar_height=0`` makes the ego frame the LiDAR frame.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ POINT_RECORD_BYTES = 16  # 4 x float32
 LABEL_RECORD_BYTES = 4  # uint32
 NOMINAL_RATE_HZ = 10.0  # KITTI HDL-64E rotation rate, used only when times.txt is absent and allowed to be
 
+
+#: mounting height of KITTI's Velodyne HDL-64E above the ground (Geiger et al., IJRR 2013)
+KITTI_LIDAR_HEIGHT_M = 1.73
 
 def read_scan(path: Path) -> np.ndarray:
     """(N, 4) float32 x, y, z, intensity of one ``.bin`` scan."""
@@ -108,7 +115,9 @@ class SemanticKittiReader(SequenceReader):
 
     format = "semantickitti"
 
-    def __init__(self, sequence_dir: str | Path, require_poses: bool = True, require_times: bool = True):
+    def __init__(self, sequence_dir: str | Path, require_poses: bool = True, require_times: bool = True,
+                 lidar_height: float = KITTI_LIDAR_HEIGHT_M):
+        self._ego_T_lidar = SE3(np.eye(3), np.array([0.0, 0.0, float(lidar_height)]))
         self.root = Path(sequence_dir)
         velo = self.root / "velodyne"
         if not velo.is_dir():
@@ -207,8 +216,8 @@ class SemanticKittiReader(SequenceReader):
         return Frame(
             points=points,
             timestamp_ns=self.timestamp_ns(index),
-            pose=self.pose(index),
-            extrinsic=SE3.identity(),
+            pose=self.pose(index) @ self._ego_T_lidar.inverse(),
+            extrinsic=self._ego_T_lidar,
             columns=BASE_COLUMNS,
             labels=labels,
             frame_id=f"{self.sequence_id}/{path.stem}",

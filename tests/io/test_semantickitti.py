@@ -38,7 +38,7 @@ def test_index_and_points(reader, frames):
         for axis, (lo, hi) in enumerate(ranges):
             assert abs(f.points[:, axis].min() - lo) < 0.01 and abs(f.points[:, axis].max() - hi) < 0.01
         assert f.column("intensity").min() >= 0 and 0.98 < f.column("intensity").max() <= 1.0
-        assert f.extrinsic.allclose(SE3.identity()) and f.pose_known
+        assert f.extrinsic.allclose(SE3(np.eye(3), [0, 0, 1.73])) and f.pose_known  # ego frame on the ground
 
 
 def test_timestamps_from_times_txt(reader, frames, monkeypatch):
@@ -70,8 +70,8 @@ def _static(f):
 
 def test_poses_align_consecutive_scans(reader, frames):
     f0, f1 = frames[0], frames[1]
-    assert f0.pose.allclose(SE3.identity(), atol=1e-6)
-    rel = f0.pose.inverse() @ f1.pose
+    assert f0.world_T_sensor.allclose(SE3.identity(), atol=1e-6)
+    rel = f0.world_T_sensor.inverse() @ f1.world_T_sensor
     assert 0.6 < rel.translation[0] < 0.75 and abs(rel.translation[1]) < 0.05  # ~0.67 m forward
     tree = cKDTree(f0.xyz)
     moved = rel.transform_points(f1.xyz[_static(f1)])
@@ -83,9 +83,10 @@ def test_poses_align_consecutive_scans(reader, frames):
     tree0 = cKDTree(f0.xyz[nm0])
     assert abs(tree0.query(rel.transform_points(f1.xyz[nm1]))[0].mean() - 0.106) < 0.005
     assert abs(tree0.query(f1.xyz[nm1])[0].mean() - 0.186) < 0.005
-    # the reader's poses drive Window.align to the same result
+    # the reader's poses drive Window.align to the same result (expressed in scan 0's ego frame)
     aw = reader.window(1, 2).align(ref_index=0)
-    np.testing.assert_allclose(aw.frame_points(1)[:, :3], rel.transform_points(f1.xyz), atol=1e-4)
+    np.testing.assert_allclose(aw.frame_points(1)[:, :3], f0.extrinsic.transform_points(rel.transform_points(f1.xyz)),
+                               atol=1e-4)
 
 
 def test_negative_index_and_bounds(reader):
@@ -104,7 +105,7 @@ def test_tiny_fixture_needs_poses_unless_allowed(shared_data, caplog):
         r = SemanticKittiReader(seq, require_poses=False, require_times=False)
     assert "identity poses" in caplog.text and "10 Hz" in caplog.text
     f = r[0]
-    assert f.num_points == 50 and not f.pose_known and f.pose.allclose(SE3.identity())
+    assert f.num_points == 50 and not f.pose_known and f.world_T_sensor.allclose(SE3.identity())
     assert set(np.unique(f.labels.semantic).tolist()) == {0, 50, 52, 70, 71, 80}
     assert not f.labels.instance.any() and not f.labels.moving.any()
     assert r.timestamp_ns(0) == 0
