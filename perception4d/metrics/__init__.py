@@ -1,4 +1,5 @@
-"""Evaluation metrics: scene flow (Argoverse 2 2023 / 2024, KITTI) as numpy functions and mmengine metrics."""
+"""Evaluation metrics: scene flow (Argoverse 2 2023 / 2024, KITTI) and moving-object segmentation (LiDAR-MOS),
+as numpy functions and mmengine metrics."""
 
 from perception4d.metrics.flow import (
     Av2Class,
@@ -27,6 +28,16 @@ from perception4d.metrics.flow_bucketed import (
 )
 from perception4d.metrics.flow_kitti import KittiFrameStats, KittiResult, kitti_frame_stats, kitti_result
 from perception4d.metrics.flow_metric import Av2FlowMetric, KittiFlowMetric
+from perception4d.metrics.mos import (
+    MosFrameStats,
+    MosResult,
+    MosSample,
+    MosScanScore,
+    mos_frame_stats,
+    mos_from_semantic,
+    mos_result,
+)
+from perception4d.metrics.mos_metric import MosMetric
 
 __all__ = [
     "Av2Class", "Av2FrameStats", "Av2Result", "Av2Subset", "Distance", "FlowErrors", "FlowSample",
@@ -34,4 +45,6 @@ __all__ = [
     "av2_dynamic_mask", "av2_eval_mask", "end_point_error", "kitti_frame_stats", "kitti_result",
     "space_time_angle", "BucketClass", "BucketedClassError", "BucketedFrameStats", "BucketedResult",
     "av2_2024_frame_stats", "av2_2024_result", "Av2FlowMetric", "KittiFlowMetric",
+    "MosFrameStats", "MosResult", "MosSample", "MosScanScore", "mos_frame_stats", "mos_from_semantic", "mos_result",
+    "MosMetric",
 ]
