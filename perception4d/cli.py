@@ -146,6 +146,8 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--pictures", type=int, default=3, help="BEV pictures for the first N sweeps of each log")
     p.add_argument("--metrics", action="store_true", help="also print AV2 metrics where flow labels exist")
+    p.add_argument("--max-gap-s", type=float, default=None,
+                   help="consecutive sweeps further apart are a missing sweep: no window spans it (default 0.25)")
 
 
 @command("infer", _infer_args)
@@ -154,7 +156,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from perception4d.tasks.flow_infer import run_flow_inference
 
     return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
-                              args.pictures, args.metrics)
+                              args.pictures, args.metrics, args.max_gap_s)
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -14,9 +14,12 @@ import numpy as np
 
 from perception4d.core.geometry import Geometry
 from perception4d.core.window import AlignedWindow, Window
-from perception4d.errors import WindowError
+from perception4d.errors import ConfigError, WindowError
 
 INPUT_COLUMNS = ("x", "y", "z", "intensity")
+#: largest accepted time between consecutive sweeps of a window; 10 / 20 Hz sensors have 0.1 / 0.05 s,
+#: so a larger step means a missing sweep (a single dropped sweep of a 10 Hz sensor, 0.2 s, still passes)
+DEFAULT_MAX_GAP_S = 0.25
 
 
 @dataclass
@@ -61,12 +64,43 @@ class WindowSample:
         return (self.aligned.points[self.source_slice, :3] - self.source_xyz).astype(np.float32)
 
 
+def check_max_gap(max_gap_s: float) -> float:
+    """``max_gap_s`` as a float, or ConfigError when it is not a positive number."""
+    try:
+        value = float(max_gap_s)
+    except (TypeError, ValueError):
+        raise ConfigError(f"max_gap_s must be a positive number of seconds, got {max_gap_s!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"max_gap_s must be a positive number of seconds, got {max_gap_s!r}")
+    return value
+
+
+def check_window_gaps(window: Window, max_gap_s: float = DEFAULT_MAX_GAP_S, sequence_id: str = "") -> None:
+    """WindowError naming both frames when consecutive sweeps are more than ``max_gap_s`` apart.
+
+    (Timestamps that do not increase are already refused by ``Window``.)
+    """
+    max_gap_s = check_max_gap(max_gap_s)
+    for a, b in zip(window.frames[:-1], window.frames[1:]):
+        gap = (b.timestamp_ns - a.timestamp_ns) * 1e-9
+        if gap > max_gap_s:
+            raise WindowError(
+                f"missing sweep in the window of {sequence_id or 'sequence'}: {a.frame_id or 'frame'} at "
+                f"{a.timestamp_ns} ns is followed by {b.frame_id or 'frame'} at {b.timestamp_ns} ns, "
+                f"{gap:.3f} s later (max_gap_s = {max_gap_s:g} s)")
+
+
 def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "",
-                        with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS) -> WindowSample:
+                        with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS,
+                        max_gap_s: float | None = DEFAULT_MAX_GAP_S) -> WindowSample:
     """A flow sample: the newest frame is the reference (sweep t+1), the one before it the source (sweep t).
 
     Shorter windows (start of a log) are accepted down to two sweeps; time
     indices are shifted so the reference always sits at ``num_frames - 1``.
+    Consecutive sweeps more than ``max_gap_s`` apart raise ``WindowError``
+    (None: no check). Sweeps with zero points are valid: an empty source
+    gives empty per-point outputs; points with a non-finite value are kept
+    here and dropped (counted) by the voxelizer.
     """
     n = len(window)
     if n < 2:
@@ -74,6 +108,8 @@ def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "
                           f"ending at {window.frames[-1].frame_id} has {n}")
     if n > geometry.num_frames:
         raise WindowError(f"window has {n} sweeps but the geometry declares num_frames={geometry.num_frames}")
+    if max_gap_s is not None:
+        check_window_gaps(window, max_gap_s, sequence_id)
     aligned = window.align(ref_index=-1, columns=columns)
     aligned.time = aligned.time + np.int32(geometry.num_frames - n)
     src = window.frames[-2]

@@ -31,32 +31,68 @@ def flow_picture(xyz: np.ndarray, flow: np.ndarray, ego_flow: np.ndarray, dt: fl
 
 
 def run_flow_inference(data: str, fmt: str | None, out: str, checkpoint: str | None, config: str | None,
-                       device: str = "cpu", pictures: int = 3, metrics: bool = False) -> int:
-    from perception4d.inference import flow_windows, load_model, predict_samples
+                       device: str = "cpu", pictures: int = 3, metrics: bool = False,
+                       max_gap_s: float | None = None) -> int:
+    """Write ``<out>/<log_id>/<timestamp_ns>.feather`` per sweep with a next sweep; returns the exit status.
+
+    Bad input (a malformed file, timestamps that do not increase, a bad
+    option) ends the run with one message on stderr and status 2; missing
+    sweeps skip the pairs that span them (see ``perception4d.inference``).
+    """
+    import sys
+
+    from perception4d.errors import Perception4DError
+
+    try:
+        return _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_s)
+    except Perception4DError as e:
+        print(f"p4d infer: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_s) -> int:
+    from dataclasses import replace
+
+    from perception4d.datasets.sample import DEFAULT_MAX_GAP_S
+    from perception4d.inference import flow_windows, load_model, plan_flow_windows, predict_samples, submission_flow
     from perception4d.io import open_dataset
     from perception4d.io.av2_submission import write_av2_submission
 
-    loaded = load_model(checkpoint, config, device)
     out_dir = Path(out)
     readers = open_dataset(data, fmt)
+    loaded = load_model(checkpoint, config, device)
+    gap = DEFAULT_MAX_GAP_S if max_gap_s is None else max_gap_s
+    plans = [plan_flow_windows(r, loaded.geometry.num_frames, gap) for r in readers]  # checks all timestamps first
     stats = []
-    n_written = 0
-    for reader in readers:
+    n_written = n_non_finite = 0
+    for reader, plan in zip(readers, plans):
+        if len(reader) < 2:
+            print(f"{reader.format} sequence {reader.sequence_id} has {len(reader)} sweep: scene flow needs a sweep "
+                  f"and the next one, nothing written for it")
+        for pair in plan.skipped:
+            print(f"{reader.sequence_id}: skipped frame {pair.source_index} ({pair.source_timestamp_ns} ns): the "
+                  f"next sweep comes {pair.gap_s:.3f} s later (max gap {plan.max_gap_s:g} s), a sweep is missing")
         has_labels = hasattr(reader, "has_flow_labels")
-        for k, sample in enumerate(flow_windows(reader, loaded.geometry, with_targets=metrics and has_labels)):
+        windows = flow_windows(reader, loaded.geometry, with_targets=metrics and has_labels, plan=plan)
+        for k, sample in enumerate(windows):
             result = predict_samples(loaded, [sample])[0]
-            pred = result.flow
-            write_av2_submission(out_dir, reader.sequence_id, sample.meta.timestamp_ns, pred.flow, pred.is_dynamic)
+            sub = submission_flow(result.flow, sample.meta.frame_id)
+            n_non_finite += sub.non_finite
+            result.flow = replace(result.flow, flow=sub.flow, is_dynamic=sub.is_dynamic)
+            write_av2_submission(out_dir, reader.sequence_id, sample.meta.timestamp_ns, sub.flow, sub.is_dynamic)
             n_written += 1
             if k < pictures:
-                flow_picture(sample.source_xyz, pred.flow, pred.ego_flow, sample.meta.dt,
+                flow_picture(sample.source_xyz, sub.flow, result.flow.ego_flow, sample.meta.dt,
                              out_dir / "pictures" / f"{reader.sequence_id}_{sample.meta.timestamp_ns}_flow.png",
                              f"{reader.sequence_id} {sample.meta.frame_id}")
             if metrics and sample.targets is not None:
                 from perception4d.metrics.flow import av2_2023_frame_stats
 
                 stats.append(av2_2023_frame_stats(result.to_flow_sample()))
-    print(f"wrote flow for {n_written} sweeps of {len(readers)} sequence(s) to {out_dir}")
+    n_skipped = sum(len(p.skipped) for p in plans)
+    print(f"wrote flow for {n_written} sweeps of {len(readers)} sequence(s) to {out_dir}"
+          + (f"; skipped {n_skipped} sweep(s) before a missing sweep" if n_skipped else "")
+          + (f"; {n_non_finite} point(s) without a finite position got zero flow" if n_non_finite else ""))
     if stats:
         from perception4d.metrics.flow import av2_2023_result
 
