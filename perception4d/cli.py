@@ -137,26 +137,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- infer -------------------------------------------------------------------------------------
 
 def _infer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=["flow"], default="flow")
+    p.add_argument("--task", choices=["flow", "mos"], default="flow")
     p.add_argument("--data", required=True, help="dataset root, sequence folder or AV2 log")
     p.add_argument("--format", default=None, help="semantickitti, av2 or nuscenes (default: detected)")
     p.add_argument("--out", required=True)
-    p.add_argument("--checkpoint", default=None, help="default: the checkpoint shipped with the package")
+    p.add_argument("--checkpoint", default=None, help="default: the task's checkpoint shipped with the package")
     p.add_argument("--config", default=None, help="default: the .py beside the checkpoint")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pictures", type=int, default=3, help="BEV pictures for the first N sweeps of each log")
-    p.add_argument("--metrics", action="store_true", help="also print AV2 metrics where flow labels exist")
+    p.add_argument("--pictures", type=int, default=3, help="BEV pictures for the first N outputs of each log")
+    p.add_argument("--metrics", action="store_true", help="also print the task's metrics where labels exist")
     p.add_argument("--max-gap-s", type=float, default=None,
-                   help="consecutive sweeps further apart are a missing sweep: no window spans it (default 0.25)")
+                   help="largest time between consecutive sweeps before one counts as missing (default 0.25 s)")
+    p.add_argument("--online", action="store_true", help="mos: write the newest-window prediction, not the fused one")
+    p.add_argument("--refine", action="store_true", help="mos: instance-aware refinement of the written output")
 
 
 @command("infer", _infer_args)
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Per-point scene flow for every sweep with a next sweep: AV2 submission feathers + BEV pictures."""
-    from perception4d.tasks.flow_infer import run_flow_inference
+    """Per-point scene flow (AV2 submission feathers) or MOS (SemanticKITTI .label files) + BEV pictures.
 
-    return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
-                              args.pictures, args.metrics, args.max_gap_s)
+    Bad input (a malformed file, timestamps that do not increase, a bad option) ends the run with one
+    message on stderr and status 2.
+    """
+    from perception4d.errors import Perception4DError
+
+    try:
+        if args.task == "mos":
+            from perception4d.tasks.mos_infer import print_mos_run, run_mos_inference
+
+            run = run_mos_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                                    args.online, args.refine, args.pictures, args.metrics, args.max_gap_s)
+            print_mos_run(run, args.out)
+            return 0
+        from perception4d.tasks.flow_infer import run_flow_inference
+
+        return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                                  args.pictures, args.metrics, args.max_gap_s)
+    except Perception4DError as e:
+        print(f"p4d infer: error: {e}", file=sys.stderr)
+        return 2
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def test_static_bound_catches_random_weights(av2_log_dir):
     import torch
     from mmengine.config import Config
 
-    from perception4d.inference import LoadedModel, flow_windows, load_model, predict_samples
+    from perception4d.datasets.windows import iter_windows
+    from perception4d.inference import LoadedModel, load_model, predict_samples
     from perception4d.io import open_dataset
     from perception4d.models import build_model
 
@@ -153,7 +154,7 @@ def test_static_bound_catches_random_weights(av2_log_dir):
     torch.manual_seed(0)
     model = build_model(Config.fromfile(str(shipped.config_path)).model).eval()
     broken = LoadedModel(model, shipped.geometry, torch.device("cpu"), shipped.config_path, shipped.checkpoint_path)
-    (sample,) = flow_windows(open_dataset(av2_log_dir)[0], shipped.geometry)
+    (sample,) = iter_windows(open_dataset(av2_log_dir)[0], shipped.geometry)
     flow = predict_samples(broken, [sample])[0].flow.flow
     labels = feather.read_table(av2_log_dir / "flow_labels.feather").to_pandas()
     static = ~labels["dynamic"].to_numpy() & ~labels["is_ground_0"].to_numpy()

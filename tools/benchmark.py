@@ -1,7 +1,7 @@
 """Benchmarks of perception4d stages, printed as Markdown tables.
 
     python tools/benchmark.py voxelize [--device cpu|cuda] [--points 100000] [--frames 5] [--repeats 20]
-    python tools/benchmark.py flow [--device cpu|cuda] [--precision fp32,fp16] [--repeats 30]
+    python tools/benchmark.py flow|mos [--device cpu|cuda] [--precision fp32,fp16,amp] [--repeats 30]
 
 Each subcommand is a function registered in ``COMMANDS``; the helpers below
 (timing, peak memory, environment line, table) are shared by all of them.
@@ -287,11 +287,12 @@ def bench_voxelize(args: argparse.Namespace) -> None:
           f"backends and reference agree: {'yes' if same else 'NO'}")
 
 
-def _configure_flow(p: argparse.ArgumentParser) -> None:
+def _configure_network(p: argparse.ArgumentParser, config: str, preset: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--config", default=str(REPO / "configs" / "flow_sparseunet_5f_sim.py"))
+    p.add_argument("--config", default=str(REPO / "configs" / config))
     p.add_argument("--checkpoint", default=None, help="weights (default: random init; timing does not depend on them)")
-    p.add_argument("--preset", default="vlp32c_x2", help="simulated sensor (vlp32c_x2: AV2-size sweeps, ~100k points)")
+    p.add_argument("--preset", default=preset, help="simulated sensor: vlp32c_x2 (AV2, ~100k points a sweep), "
+                                                    "hdl64e (KITTI, ~130k)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", default="fp32,fp16,amp",
@@ -305,8 +306,27 @@ def _configure_flow(p: argparse.ArgumentParser) -> None:
 FLOW4D_REFERENCE_MS = {"H100": 52.3, "H200": 41.8}
 
 
+def _configure_flow(p: argparse.ArgumentParser) -> None:
+    _configure_network(p, "flow_sparseunet_5f_sim.py", "vlp32c_x2")
+
+
+def _configure_mos(p: argparse.ArgumentParser) -> None:
+    _configure_network(p, "mos_sparseunet_11f_sim.py", "hdl64e")
+
+
 @command("flow", "scene flow end to end: voxelize / encoder / backbone / head, fp32 and fp16", _configure_flow)
 def bench_flow(args: argparse.Namespace) -> None:
+    bench_network(args, "flow")
+
+
+@command("mos", "moving-object segmentation end to end (current + 10 past scans at 0.1 m), fp32 and fp16",
+         _configure_mos)
+def bench_mos(args: argparse.Namespace) -> None:
+    bench_network(args, "mos")
+
+
+def bench_network(args: argparse.Namespace, task: str) -> None:
+    """One window of ``geometry.num_frames`` simulated sweeps through the network of ``args.config``."""
     from mmengine.config import Config
 
     from perception4d.core import Geometry, Window
@@ -325,7 +345,7 @@ def bench_flow(args: argparse.Namespace) -> None:
         model.load_state_dict(load_state_dict(args.checkpoint))
     model.to(device).eval()
     seq = simulate(preset=args.preset, num_frames=geometry.num_frames, seed=args.seed, occupancy=None)
-    sample = build_window_sample(Window(tuple(seq.frames)), geometry, "bench", with_targets=False)
+    sample = build_window_sample(Window(tuple(seq.frames)), geometry, "bench", with_targets=False, tasks=(task,))
     n_points = len(sample.aligned.points)
     params = sum(p.numel() for p in model.parameters())
     precisions = [p for p in args.precision.split(",") if p == "fp32" or device.type == "cuda"]
@@ -366,8 +386,9 @@ def bench_flow(args: argparse.Namespace) -> None:
                      f"{n_points / total.median_s / 1e6:.1f}"])
     if args.profile:
         _profile_flow(fp32_model, sample, device, args.profile)
-    ref = next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)), None)
-    print(f"## flow: {geometry.num_frames} sweeps of the simulated {args.preset} sensor ({n_points} points, "
+    ref = None if task != "flow" else next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)),
+                                           None)
+    print(f"## {task}: {geometry.num_frames} sweeps of the simulated {args.preset} sensor ({n_points} points, "
           f"{nvox} voxels), grid {geometry.spatial_shape}, {params} parameters")
     print(environment_line(device))
     print()

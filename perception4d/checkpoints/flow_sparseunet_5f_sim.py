@@ -122,7 +122,7 @@ test_dataloader = dict(
             'vlp32c_x2',
         ),
         seeds=(1000, ),
-        type='SimFlowDataset'),
+        type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,
     sampler=dict(shuffle=False, type='DefaultSampler'))
@@ -170,7 +170,7 @@ train_dataloader = dict(
             14,
             15,
         ],
-        type='SimFlowDataset'),
+        type='SimWindowDataset'),
     num_workers=8,
     persistent_workers=True,
     sampler=dict(shuffle=True, type='InfiniteSampler'))
@@ -200,7 +200,7 @@ val_dataloader = dict(
             'vlp32c_x2',
         ),
         seeds=(1000, ),
-        type='SimFlowDataset'),
+        type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,
     sampler=dict(shuffle=False, type='DefaultSampler'))

@@ -38,7 +38,7 @@ class SampleMeta:
     sequence_id: str
     frame_id: str
     timestamp_ns: int  # the source sweep
-    next_timestamp_ns: int  # the sweep after it (the window's reference)
+    next_timestamp_ns: int  # the window's reference (the sweep after the source for flow; the source for MOS)
 
     @property
     def dt(self) -> float:
@@ -52,6 +52,8 @@ class WindowSample:
     source_xyz: np.ndarray  # (N, 3) float32 source points in the source's own ego frame
     meta: SampleMeta
     targets: FlowTargets | None = None
+    mos_labels: np.ndarray | None = None  # (M,) uint8 over all window points: 0 ignore, 1 static, 2 moving
+    frame_ids: tuple[str, ...] = ()  # the window's frames, oldest first
 
     @property
     def source_slice(self) -> slice:
@@ -92,18 +94,24 @@ def check_window_gaps(window: Window, max_gap_s: float = DEFAULT_MAX_GAP_S, sequ
 
 def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "",
                         with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS,
-                        max_gap_s: float | None = DEFAULT_MAX_GAP_S) -> WindowSample:
-    """A flow sample: the newest frame is the reference (sweep t+1), the one before it the source (sweep t).
+                        max_gap_s: float | None = DEFAULT_MAX_GAP_S,
+                        tasks: tuple[str, ...] = ("flow",)) -> WindowSample:
+    """A sample of a window whose newest frame is the reference.
 
-    Shorter windows (start of a log) are accepted down to two sweeps; time
+    With ``flow`` among ``tasks`` the source (the sweep with per-point flow) is
+    the one before the reference (sweep t; the reference is t+1) and the window
+    needs two sweeps; otherwise the source is the newest scan itself (MOS: the
+    current scan). With ``mos`` and ``with_targets`` every point of the window
+    carries its MOS label. Shorter windows (start of a log) are accepted; time
     indices are shifted so the reference always sits at ``num_frames - 1``.
     Consecutive sweeps more than ``max_gap_s`` apart raise ``WindowError``
-    (None: no check). Sweeps with zero points are valid: an empty source
-    gives empty per-point outputs; points with a non-finite value are kept
-    here and dropped (counted) by the voxelizer.
+    (None: no check). Sweeps with zero points are valid: an empty source gives
+    empty per-point outputs; points with a non-finite value are kept here and
+    dropped (counted) by the voxelizer.
     """
     n = len(window)
-    if n < 2:
+    flow = "flow" in tasks
+    if flow and n < 2:
         raise WindowError(f"scene flow needs at least two sweeps, the window of {sequence_id or 'sequence'} "
                           f"ending at {window.frames[-1].frame_id} has {n}")
     if n > geometry.num_frames:
@@ -112,15 +120,32 @@ def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "
         check_window_gaps(window, max_gap_s, sequence_id)
     aligned = window.align(ref_index=-1, columns=columns)
     aligned.time = aligned.time + np.int32(geometry.num_frames - n)
-    src = window.frames[-2]
-    targets = None
-    if with_targets:
-        targets = flow_targets(src)
-    return WindowSample(aligned=aligned, source_index=n - 2, source_xyz=src.xyz_in_ego().astype(np.float32),
+    source_index = n - 2 if flow else n - 1
+    src = window.frames[source_index]
+    targets = flow_targets(src) if (with_targets and flow) else None
+    mos = None
+    if with_targets and "mos" in tasks:
+        mos = np.concatenate([mos_targets(f) for f in window.frames])
+    return WindowSample(aligned=aligned, source_index=source_index, source_xyz=src.xyz_in_ego().astype(np.float32),
                         meta=SampleMeta(sequence_id=sequence_id, frame_id=src.frame_id,
                                         timestamp_ns=src.timestamp_ns,
                                         next_timestamp_ns=window.frames[-1].timestamp_ns),
-                        targets=targets)
+                        targets=targets, mos_labels=mos, frame_ids=tuple(f.frame_id for f in window.frames))
+
+
+def mos_targets(frame) -> np.ndarray:
+    """(N,) uint8 MOS labels of a frame (0 ignore, 1 static, 2 moving; LiDAR-MOS convention).
+
+    From SemanticKITTI ids when the frame has them, else from the moving flag; all 0 without labels.
+    """
+    from perception4d.core.labels import mos_label
+
+    lb = frame.labels
+    if lb is not None and lb.semantic is not None:
+        return mos_label(lb.semantic).astype(np.uint8)
+    if lb is not None and lb.moving is not None:
+        return np.where(lb.moving, 2, 1).astype(np.uint8)
+    return np.zeros(frame.num_points, np.uint8)
 
 
 def flow_targets(frame) -> FlowTargets | None:

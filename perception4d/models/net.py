@@ -8,7 +8,7 @@ set of heads sharing it (every head has ``forward / loss / predict``). Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from mmengine.model import BaseModel
@@ -17,10 +17,15 @@ from torch import nn
 from perception4d.models.backbone_spconv import SparseUNet4D  # noqa: F401  (registers the backbone)
 from perception4d.models.encoder import PointEncoder
 from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
+from perception4d.models.heads.mos import MosHead  # noqa: F401  (registers the head)
 from perception4d.models.preprocessor import BatchedWindows
 from perception4d.models.spconv_utils import guard_spconv_dtypes, set_spconv_algo
 from perception4d.registry import MODELS
 from perception4d.utils.timing import NullTimer
+
+
+#: head names and the SampleResult field each one fills
+TASK_HEADS = ("flow", "mos")
 
 
 @dataclass
@@ -28,20 +33,32 @@ class SampleResult:
     """Everything the network predicts for one sample, by task (None where the task is not run)."""
 
     meta: object
-    flow: object | None = None
-    extras: dict = field(default_factory=dict)
+    sample: object  # the WindowSample that was predicted
+    flow: object | None = None  # FlowPrediction
+    mos: object | None = None  # MosPrediction
 
     def to_flow_sample(self):
         """The flow prediction with its sample's ground truth, as the flow metrics take it."""
         from perception4d.metrics.flow import FlowSample
 
-        s = self.extras["sample"]
+        s = self.sample
         t = s.targets
         if t is None or self.flow is None:
             raise ValueError(f"{self.meta.frame_id}: no flow prediction or no flow ground truth to evaluate")
         return FlowSample(pred_flow=self.flow.flow, gt_flow=t.flow, flow_valid=t.valid, category=t.category,
                           dynamic=t.dynamic, ground=t.ground, xyz=s.source_xyz, ego_flow=self.flow.ego_flow,
                           pred_dynamic=self.flow.is_dynamic, frame_id=self.meta.frame_id)
+
+    def to_mos_sample(self):
+        """The online MOS prediction of the newest scan with its labels, as the MOS metric takes it."""
+        from perception4d.metrics.mos import MosSample
+
+        s = self.sample
+        if self.mos is None or s.mos_labels is None:
+            raise ValueError(f"{self.meta.frame_id}: no MOS prediction or no MOS labels to evaluate")
+        k = len(s.aligned.offsets) - 2
+        sl = slice(int(s.aligned.offsets[k]), int(s.aligned.offsets[k + 1]))
+        return MosSample(pred_prob=self.mos.current, gt_mos=s.mos_labels[sl], frame_id=s.frame_ids[k])
 
 
 @MODELS.register_module()
@@ -54,6 +71,9 @@ class Perception4DNet(BaseModel):
         backbone.setdefault("in_channels", self.encoder.out_channels)
         self.backbone = MODELS.build(backbone)
         heads_built = {}
+        unknown = sorted(set(heads) - set(TASK_HEADS))
+        if unknown:
+            raise ValueError(f"heads {unknown} are not tasks of this network; use names from {TASK_HEADS}")
         for name, cfg in heads.items():
             cfg = dict(cfg)
             cfg.setdefault("in_channels", self.backbone.out_channels)
@@ -84,23 +104,12 @@ class Perception4DNet(BaseModel):
         if mode == "tensor":
             return preds
         if mode == "loss":
-            if inputs.targets is None:
-                raise ValueError("mode='loss' needs samples with targets")
             losses = {}
             for name, head in self.heads.items():
                 losses.update(head.loss(preds[name], inputs))
             return losses
         if mode == "predict":
             per_task = {name: head.predict(preds[name], inputs) for name, head in self.heads.items()}
-            results = []
-            for i, s in enumerate(inputs.samples):
-                r = SampleResult(meta=s.meta)
-                for name, outs in per_task.items():
-                    if name == "flow":
-                        r.flow = outs[i]
-                    else:
-                        r.extras[name] = outs[i]
-                r.extras["sample"] = s
-                results.append(r)
-            return results
+            return [SampleResult(meta=s.meta, sample=s, **{name: outs[i] for name, outs in per_task.items()})
+                    for i, s in enumerate(inputs.samples)]
         raise ValueError(f"unknown mode {mode!r}: use 'loss', 'predict' or 'tensor'")

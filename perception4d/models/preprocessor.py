@@ -45,6 +45,7 @@ class BatchedWindows:
     source_counts: list[int]
     samples: list[WindowSample]
     targets: TargetTensors | None = None
+    mos_labels: torch.Tensor | None = None  # (P,) uint8 over every point: 0 ignore, 1 static, 2 moving
 
     @property
     def source_in_grid(self) -> torch.Tensor:
@@ -88,10 +89,13 @@ class WindowBatcher:
             targets = TargetTensors(flow=dev([s.targets.flow for s in samples], torch.float32),
                                     valid=dev([s.targets.valid for s in samples], torch.bool),
                                     dynamic=dev([s.targets.dynamic for s in samples], torch.bool))
+        mos = None
+        if all(s.mos_labels is not None for s in samples):
+            mos = dev([s.mos_labels for s in samples], torch.uint8)
         return BatchedWindows(sparse=sparse, points=packed.points, time=packed.time,
                               source_rows=dev([rows], torch.int64), source_batch=source_batch,
                               ego_flow=dev([s.ego_flow for s in samples], torch.float32), dt=dt,
-                              source_counts=counts, samples=list(samples), targets=targets)
+                              source_counts=counts, samples=list(samples), targets=targets, mos_labels=mos)
 
 
 @MODELS.register_module()

@@ -59,9 +59,14 @@ class RecedingHorizonFusion:
         self._acc: OrderedDict[Hashable, list] = OrderedDict()  # scan -> [log-odds sum, online, count]
 
     def add_window(self, scan_ids: list[Hashable], probs: list[np.ndarray]) -> list[FusedScan]:
-        """Add one window's predictions (oldest scan first, the newest last); return scans now final."""
+        """Add one window's predictions (oldest scan first, the newest last); return scans now final.
+
+        Held scans that this window does not contain can get no more predictions (windows only
+        move forward; after a missing sweep a window starts fresh) and are emitted first.
+        """
         if len(scan_ids) != len(probs):
             raise ValueError(f"{len(scan_ids)} scan ids for {len(probs)} prediction arrays")
+        done = [self._emit(sid) for sid in [s for s in self._acc if s not in set(scan_ids)]]
         for sid, p in zip(scan_ids, probs):
             p = np.asarray(p, np.float64)
             entry = self._acc.get(sid)
@@ -73,8 +78,6 @@ class RecedingHorizonFusion:
                                      f"{entry[0].shape[0]}")
                 entry[0] += logit(p) - self._l0
                 entry[2] += 1
-        # the newest window's scan is the online output of that scan: the first prediction it got
-        done = []
         while len(self._acc) > self.horizon - 1 and self._acc:
             done.append(self._emit(next(iter(self._acc))))
         return done

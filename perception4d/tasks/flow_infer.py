@@ -33,28 +33,17 @@ def flow_picture(xyz: np.ndarray, flow: np.ndarray, ego_flow: np.ndarray, dt: fl
 def run_flow_inference(data: str, fmt: str | None, out: str, checkpoint: str | None, config: str | None,
                        device: str = "cpu", pictures: int = 3, metrics: bool = False,
                        max_gap_s: float | None = None) -> int:
-    """Write ``<out>/<log_id>/<timestamp_ns>.feather`` per sweep with a next sweep; returns the exit status.
+    """Write ``<out>/<log_id>/<timestamp_ns>.feather`` per sweep with a next sweep.
 
-    Bad input (a malformed file, timestamps that do not increase, a bad
-    option) ends the run with one message on stderr and status 2; missing
-    sweeps skip the pairs that span them (see ``perception4d.inference``).
+    Bad input (a malformed file, timestamps that do not increase, a bad option)
+    raises a ``Perception4DError`` before anything is written; missing sweeps skip
+    the pairs that span them (see ``perception4d.datasets.windows``).
     """
-    import sys
-
-    from perception4d.errors import Perception4DError
-
-    try:
-        return _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_s)
-    except Perception4DError as e:
-        print(f"p4d infer: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_s) -> int:
     from dataclasses import replace
 
     from perception4d.datasets.sample import DEFAULT_MAX_GAP_S
-    from perception4d.inference import flow_windows, load_model, plan_flow_windows, predict_samples, submission_flow
+    from perception4d.datasets.windows import iter_windows, plan_windows
+    from perception4d.inference import load_model, predict_samples, submission_flow
     from perception4d.io import open_dataset
     from perception4d.io.av2_submission import write_av2_submission
 
@@ -62,7 +51,7 @@ def _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_
     readers = open_dataset(data, fmt)
     loaded = load_model(checkpoint, config, device)
     gap = DEFAULT_MAX_GAP_S if max_gap_s is None else max_gap_s
-    plans = [plan_flow_windows(r, loaded.geometry.num_frames, gap) for r in readers]  # checks all timestamps first
+    plans = [plan_windows(r, loaded.geometry.num_frames, gap) for r in readers]  # checks all timestamps first
     stats = []
     n_written = n_non_finite = 0
     for reader, plan in zip(readers, plans):
@@ -73,7 +62,7 @@ def _run(data, fmt, out, checkpoint, config, device, pictures, metrics, max_gap_
             print(f"{reader.sequence_id}: skipped frame {pair.source_index} ({pair.source_timestamp_ns} ns): the "
                   f"next sweep comes {pair.gap_s:.3f} s later (max gap {plan.max_gap_s:g} s), a sweep is missing")
         has_labels = hasattr(reader, "has_flow_labels")
-        windows = flow_windows(reader, loaded.geometry, with_targets=metrics and has_labels, plan=plan)
+        windows = iter_windows(reader, loaded.geometry, with_targets=metrics and has_labels, plan=plan)
         for k, sample in enumerate(windows):
             result = predict_samples(loaded, [sample])[0]
             sub = submission_flow(result.flow, sample.meta.frame_id)

@@ -58,3 +58,12 @@ def test_bad_arguments():
     fus.add_window([0], [np.zeros(4)])
     with pytest.raises(ValueError, match="earlier windows had 4"):
         fus.add_window([0, 1], [np.zeros(5), np.zeros(2)])
+
+
+def test_a_window_after_a_gap_releases_the_scans_before_it():
+    fus = RecedingHorizonFusion(4)
+    assert fus.add_window([0], [np.full(3, 0.9)]) == []
+    assert fus.add_window([0, 1], [np.full(3, 0.9), np.full(2, 0.1)]) == []
+    out = fus.add_window([5], [np.full(1, 0.5)])  # scans 2-4 missing: 0 and 1 can get no more predictions
+    assert [o.scan_id for o in out] == [0, 1] and out[0].num_predictions == 2
+    assert [o.scan_id for o in fus.flush()] == [5]

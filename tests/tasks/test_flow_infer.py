@@ -17,11 +17,11 @@ from pyarrow import feather
 
 from perception4d.cli import main
 from perception4d.core import Frame, Geometry, Window
-from perception4d.datasets.flow import FrameListReader
+from perception4d.datasets.window_dataset import FrameListReader
 from perception4d.datasets.sample import DEFAULT_MAX_GAP_S, build_window_sample
 from perception4d.errors import ConfigError, WindowError
-from perception4d.inference import (SkippedPair, flow_windows, load_model, plan_flow_windows, predict_samples,
-                                    submission_flow)
+from perception4d.datasets.windows import SkippedPair, iter_windows, plan_windows
+from perception4d.inference import load_model, predict_samples, submission_flow
 from perception4d.io.av2_submission import write_av2_submission
 from perception4d.sim import HDL32E, simulate, write_av2, write_semantickitti
 
@@ -84,8 +84,8 @@ def test_timestamps_not_increasing_name_the_frames():
         reader.window(2, 5)
     with pytest.raises(WindowError, match=r"dup: timestamps must increase, frame 1 at 100000000 ns is followed "
                                           r"by frame 2 at 100000000 ns"):
-        plan_flow_windows(reader, 5)
-    gen = flow_windows(reader, GEOMETRY)
+        plan_windows(reader, 5)
+    gen = iter_windows(reader, GEOMETRY)
     with pytest.raises(WindowError):  # before any window is built
         next(gen)
 
@@ -94,13 +94,13 @@ def test_plan_cuts_windows_at_a_gap_and_skips_the_pair_spanning_it(caplog):
     times = [0.0, 0.1, 0.2, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7]
     reader = FrameListReader(frames_at(times), "gappy")
     with caplog.at_level(logging.WARNING, logger="perception4d.inference"):
-        plan = plan_flow_windows(reader, 5)
+        plan = plan_windows(reader, 5)
     assert plan.spans == [(0, 1), (0, 2), (3, 4), (3, 5), (3, 6), (3, 7), (4, 8)]
     assert plan.skipped == [SkippedPair(2, 3, 200_000_000, pytest.approx(1.0))]
     assert len(caplog.records) == 1 and "frame 2" in caplog.text and "1.000 s" in caplog.text
-    assert plan_flow_windows(reader, 5, max_gap_s=2.0).skipped == []
+    assert plan_windows(reader, 5, max_gap_s=2.0).skipped == []
 
-    samples = list(flow_windows(reader, GEOMETRY, plan=plan))
+    samples = list(iter_windows(reader, GEOMETRY, plan=plan))
     assert [s.meta.timestamp_ns for s in samples] == [round(t * 1e9) for t in (0.0, 0.1, 1.2, 1.3, 1.4, 1.5,
                                                                                     1.6)]
     for s, (first, ref) in zip(samples, plan.spans):
@@ -109,7 +109,7 @@ def test_plan_cuts_windows_at_a_gap_and_skips_the_pair_spanning_it(caplog):
         assert set(np.unique(s.aligned.time)) == set(range(5 - n, 5))  # right-aligned after the cut
         assert s.meta.next_timestamp_ns - s.meta.timestamp_ns == 100_000_000
     with pytest.raises(ConfigError):
-        plan_flow_windows(reader, 5, max_gap_s=0.0)
+        plan_windows(reader, 5, max_gap_s=0.0)
 
 
 # --- empty sweeps, points outside the grid, NaN points (shipped checkpoint on the CPU) --------------
@@ -135,7 +135,7 @@ def test_empty_sweeps_give_valid_outputs(loaded, sim_frames):
 
 def test_window_entirely_outside_the_grid_gets_ego_flow(loaded, sim_frames):
     far = [replace(f, points=f.points + np.array([500, 0, 0, 0, 0], np.float32)) for f in sim_frames]
-    samples = list(flow_windows(FrameListReader(far, "far"), loaded.geometry))
+    samples = list(iter_windows(FrameListReader(far, "far"), loaded.geometry))
     assert len(samples) == 4
     for s in samples:
         pred = predict_samples(loaded, [s])[0].flow

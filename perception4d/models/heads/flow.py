@@ -61,6 +61,8 @@ class FlowHead(nn.Module):
 
     def loss(self, flow: torch.Tensor, batch) -> dict[str, torch.Tensor]:
         t = batch.targets
+        if t is None:
+            raise ValueError("the flow loss needs samples with flow labels (build them with with_targets=True)")
         valid = t.valid & batch.source_in_grid
         epe = torch.linalg.vector_norm(flow - t.flow, dim=1)
         speed = torch.linalg.vector_norm(t.flow - batch.ego_flow, dim=1) / batch.dt

@@ -64,6 +64,8 @@ class MosHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
         labels = batch.mos_labels
+        if labels is None:
+            raise ValueError("the MOS loss needs samples with MOS labels (tasks including 'mos', with_targets=True)")
         keep = (labels != MOS_IGNORE) & (batch.sparse.point_to_voxel >= 0)
         target = (labels[keep] == MOS_MOVING).float()
         weight = torch.where(target > 0, torch.full_like(target, self.moving_weight), torch.ones_like(target))

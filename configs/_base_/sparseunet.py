@@ -1,4 +1,4 @@
-# Scene flow with the 4D sparse U-Net: geometry, model, schedule and runtime shared by the flow runs.
+# The 4D sparse U-Net: geometry, model, schedule and runtime shared by every run (scene flow by default).
 default_scope = "perception4d"
 
 # Declared once; the grid (512 x 512 x 32 x 5) is derived and checked at start-up.

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from perception4d.datasets.flow import ReaderFlowDataset, SimFlowDataset
+from perception4d.datasets.window_dataset import ReaderWindowDataset, SimWindowDataset
 from perception4d.sim import get_preset, simulate, write_av2
 
 GEOMETRY = dict(point_range=(-51.2, -51.2, -2.2, 51.2, 51.2, 4.2), voxel_size=(0.2, 0.2, 0.2), num_frames=5)
@@ -18,7 +18,7 @@ SEED, FRAMES = 4, 6
 
 @pytest.fixture(scope="module")
 def sim_dataset():
-    return SimFlowDataset(GEOMETRY, seeds=(SEED,), frames_per_sequence=FRAMES, preset="hdl32e",
+    return SimWindowDataset(GEOMETRY, seeds=(SEED,), frames_per_sequence=FRAMES, preset="hdl32e",
                           preset_overrides=COARSE)
 
 
@@ -30,7 +30,7 @@ def disk_log(tmp_path_factory):
 
 
 def test_reader_dataset_on_disk_equals_simulated_dataset(sim_dataset, disk_log):
-    disk = ReaderFlowDataset(GEOMETRY, data_root=str(disk_log.parent), format="av2")
+    disk = ReaderWindowDataset(GEOMETRY, data_root=str(disk_log.parent), format="av2")
     assert len(disk) == len(sim_dataset) == FRAMES - 1
     for i in range(len(disk)):
         a, b = sim_dataset[i]["inputs"], disk[i]["inputs"]
@@ -52,7 +52,7 @@ def test_reader_dataset_on_disk_equals_simulated_dataset(sim_dataset, disk_log):
 
 
 def test_sweeps_without_flow_labels_are_skipped(disk_log, av2_log_dir, tmp_path):
-    real = ReaderFlowDataset(GEOMETRY, data_root=str(av2_log_dir))
+    real = ReaderWindowDataset(GEOMETRY, data_root=str(av2_log_dir))
     assert len(real) == 1  # only sweep 0 has labels (and sweep 1 has no next sweep)
     s = real[0]["inputs"]
     assert s.meta.timestamp_ns == 315966265259836000 and s.targets.flow.shape == (99229, 3)
@@ -62,10 +62,10 @@ def test_sweeps_without_flow_labels_are_skipped(disk_log, av2_log_dir, tmp_path)
     stamps = sorted(int(p.stem) for p in (log / "flow_labels").glob("*.feather"))
     for t in (stamps[1], stamps[3]):
         (log / "flow_labels" / f"{t}.feather").unlink()
-    labelled = ReaderFlowDataset(GEOMETRY, data_root=str(log.parent))
+    labelled = ReaderWindowDataset(GEOMETRY, data_root=str(log.parent))
     assert [labelled[i]["inputs"].meta.timestamp_ns for i in range(len(labelled))] == [stamps[0], stamps[2],
                                                                                         stamps[4]]
-    assert len(ReaderFlowDataset(GEOMETRY, data_root=str(log.parent), require_labels=False)) == FRAMES - 1
+    assert len(ReaderWindowDataset(GEOMETRY, data_root=str(log.parent), require_labels=False)) == FRAMES - 1
 
 
 def test_first_sweeps_get_shortened_right_aligned_windows(sim_dataset):

@@ -1,0 +1,14 @@
+# Moving-object segmentation: the current scan and 10 past scans at 0.1 m, trained on simulator sequences.
+_base_ = ["./_base_/sparseunet.py"]
+
+geometry = dict(point_range=(-51.2, -51.2, -2.4, 51.2, 51.2, 4.0), voxel_size=(0.1, 0.1, 0.1), num_frames=11)
+model = dict(data_preprocessor=dict(geometry=geometry),
+             heads=dict(_delete_=True, mos=dict(type="MosHead", hidden_channels=32, moving_weight=4.0)))
+train_dataloader = dict(batch_size=2,
+                        dataset=dict(type="SimWindowDataset", geometry=geometry, tasks=("mos",),
+                                     seeds=list(range(8)), frames_per_sequence=16, preset=("hdl64e", "vlp32c_x2")))
+val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=geometry, tasks=("mos",), seeds=(1000,),
+                                   frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2")))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type="MosMetric")
+test_evaluator = val_evaluator
