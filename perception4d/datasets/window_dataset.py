@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from perception4d.core.frame import Frame
 from perception4d.core.geometry import Geometry
 from perception4d.core.window import Window
+from perception4d.datasets.augment import WindowAugment
 from perception4d.datasets.sample import DEFAULT_MAX_GAP_S, build_window_sample
 from perception4d.datasets.windows import WINDOW_TASKS, plan_windows, window_task
 from perception4d.errors import ConfigError
@@ -68,7 +70,8 @@ class WindowDataset(Dataset):
     """The windows of ``readers`` whose target sweep (flow: sweep t; MOS: the current scan) has labels."""
 
     def __init__(self, readers: Sequence[SequenceReader], geometry: dict, tasks: Sequence[str] = ("flow",),
-                 require_labels: bool = True, max_gap_s: float = DEFAULT_MAX_GAP_S):
+                 require_labels: bool = True, max_gap_s: float = DEFAULT_MAX_GAP_S, augment: dict | None = None,
+                 short_window_prob: float = 0.0):
         self.geometry = Geometry.from_config(geometry)
         self.tasks = tuple(tasks)
         unknown = [t for t in self.tasks if t not in WINDOW_TASKS]
@@ -77,6 +80,8 @@ class WindowDataset(Dataset):
         self.readers = list(readers)
         self.require_labels = require_labels
         self.max_gap_s = max_gap_s
+        self.augment = WindowAugment(**augment) if augment else None
+        self.short_window_prob = float(short_window_prob)  # training: start some windows later (like log starts)
         layout = window_task(self.tasks)
         self.index: list[tuple[int, int, int]] = []  # (reader, first frame, last frame)
         for r_i, reader in enumerate(self.readers):
@@ -98,10 +103,15 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r_i, first, last = self.index[i]
         reader = self.readers[r_i]
+        min_len = 2 if window_task(self.tasks) == "flow" else 1
+        if self.short_window_prob > 0 and np.random.random() < self.short_window_prob:
+            first = int(np.random.randint(first, last - min_len + 2))
         window = Window(tuple(reader[k] for k in range(first, last + 1)))
-        return {"inputs": build_window_sample(window, self.geometry, sequence_id=reader.sequence_id,
-                                              with_targets=self.require_labels, max_gap_s=self.max_gap_s,
-                                              tasks=self.tasks)}
+        sample = build_window_sample(window, self.geometry, sequence_id=reader.sequence_id,
+                                     with_targets=self.require_labels, max_gap_s=self.max_gap_s, tasks=self.tasks)
+        if self.augment is not None:  # numpy's global RNG is seeded per worker by the Runner
+            sample = self.augment(sample, np.random.default_rng(np.random.randint(2**31)))
+        return {"inputs": sample}
 
 
 @DATASETS.register_module()
@@ -110,7 +120,7 @@ class SimWindowDataset(WindowDataset):
 
     def __init__(self, geometry: dict, seeds: Sequence[int] = (0,), frames_per_sequence: int = 10,
                  preset: str | Sequence[str] = "hdl64e", preset_overrides: dict | None = None,
-                 tasks: Sequence[str] = ("flow",)):
+                 tasks: Sequence[str] = ("flow",), augment: dict | None = None, short_window_prob: float = 0.0):
         from dataclasses import replace
 
         from perception4d.sim import get_preset, simulate
@@ -123,7 +133,7 @@ class SimWindowDataset(WindowDataset):
                 seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=None)
                 readers.append(FrameListReader(seq.frames, f"sim_{name}_{seed}"))
         log.info("simulated %d sequences x %d frames (%s)", len(readers), frames_per_sequence, ", ".join(presets))
-        super().__init__(readers, geometry, tasks=tasks)
+        super().__init__(readers, geometry, tasks=tasks, augment=augment, short_window_prob=short_window_prob)
 
 
 @DATASETS.register_module()
@@ -131,8 +141,9 @@ class ReaderWindowDataset(WindowDataset):
     """Sequences found on disk by ``perception4d.io.open_dataset`` (AV2 logs, SemanticKITTI, simulator output)."""
 
     def __init__(self, geometry: dict, data_root: str, format: str | None = None, require_labels: bool = True,
-                 tasks: Sequence[str] = ("flow",), max_gap_s: float = DEFAULT_MAX_GAP_S):
+                 tasks: Sequence[str] = ("flow",), max_gap_s: float = DEFAULT_MAX_GAP_S,
+                 augment: dict | None = None):
         from perception4d.io import open_dataset
 
         super().__init__(open_dataset(data_root, format), geometry, tasks=tasks, require_labels=require_labels,
-                         max_gap_s=max_gap_s)
+                         max_gap_s=max_gap_s, augment=augment)

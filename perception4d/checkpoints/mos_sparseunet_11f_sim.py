@@ -1,0 +1,190 @@
+custom_hooks = [
+    dict(type='RunInfoHook'),
+]
+default_hooks = dict(
+    checkpoint=dict(
+        by_epoch=False,
+        interval=250,
+        max_keep_ckpts=2,
+        save_last=True,
+        type='CheckpointHook'),
+    logger=dict(interval=20, type='LoggerHook'),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    timer=dict(type='IterTimerHook'))
+default_scope = 'perception4d'
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
+geometry = dict(
+    num_frames=11,
+    point_range=(
+        -51.2,
+        -51.2,
+        -2.4,
+        51.2,
+        51.2,
+        4.0,
+    ),
+    voxel_size=(
+        0.1,
+        0.1,
+        0.1,
+    ))
+launcher = 'none'
+load_from = None
+log_level = 'INFO'
+log_processor = dict(by_epoch=False, window_size=20)
+model = dict(
+    backbone=dict(
+        blocks_per_level=1, channels=(
+            16,
+            32,
+            64,
+            64,
+        ), type='SparseUNet4D'),
+    data_preprocessor=dict(
+        geometry=dict(
+            num_frames=11,
+            point_range=(
+                -51.2,
+                -51.2,
+                -2.4,
+                51.2,
+                51.2,
+                4.0,
+            ),
+            voxel_size=(
+                0.1,
+                0.1,
+                0.1,
+            )),
+        type='WindowDataPreprocessor'),
+    encoder=dict(extra_features=1, hidden_channels=32, out_channels=16),
+    heads=dict(
+        mos=dict(hidden_channels=32, moving_weight=4.0, type='MosHead')),
+    type='Perception4DNet')
+optim_wrapper = dict(
+    clip_grad=dict(max_norm=10.0),
+    optimizer=dict(lr=0.002, type='AdamW', weight_decay=0.0001),
+    type='OptimWrapper')
+param_scheduler = [
+    dict(begin=0, by_epoch=False, end=100, start_factor=0.1, type='LinearLR'),
+    dict(
+        T_max=900,
+        begin=100,
+        by_epoch=False,
+        eta_min=1e-05,
+        type='CosineAnnealingLR'),
+]
+randomness = dict(seed=0)
+resume = False
+test_cfg = dict(type='TestLoop')
+test_dataloader = dict(
+    batch_size=1,
+    collate_fn=dict(type='pseudo_collate'),
+    dataset=dict(
+        frames_per_sequence=12,
+        geometry=dict(
+            num_frames=11,
+            point_range=(
+                -51.2,
+                -51.2,
+                -2.4,
+                51.2,
+                51.2,
+                4.0,
+            ),
+            voxel_size=(
+                0.1,
+                0.1,
+                0.1,
+            )),
+        preset=(
+            'hdl64e',
+            'vlp32c_x2',
+        ),
+        seeds=(1000, ),
+        tasks=('mos', ),
+        type='SimWindowDataset'),
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(shuffle=False, type='DefaultSampler'))
+test_evaluator = dict(type='MosMetric')
+train_cfg = dict(max_iters=1000, type='IterBasedTrainLoop', val_interval=1000)
+train_dataloader = dict(
+    batch_size=2,
+    collate_fn=dict(type='pseudo_collate'),
+    dataset=dict(
+        frames_per_sequence=16,
+        geometry=dict(
+            num_frames=11,
+            point_range=(
+                -51.2,
+                -51.2,
+                -2.4,
+                51.2,
+                51.2,
+                4.0,
+            ),
+            voxel_size=(
+                0.1,
+                0.1,
+                0.1,
+            )),
+        preset=(
+            'hdl64e',
+            'vlp32c_x2',
+        ),
+        seeds=[
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+        ],
+        tasks=('mos', ),
+        type='SimWindowDataset'),
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(shuffle=True, type='InfiniteSampler'))
+val_cfg = dict(type='ValLoop')
+val_dataloader = dict(
+    batch_size=1,
+    collate_fn=dict(type='pseudo_collate'),
+    dataset=dict(
+        frames_per_sequence=12,
+        geometry=dict(
+            num_frames=11,
+            point_range=(
+                -51.2,
+                -51.2,
+                -2.4,
+                51.2,
+                51.2,
+                4.0,
+            ),
+            voxel_size=(
+                0.1,
+                0.1,
+                0.1,
+            )),
+        preset=(
+            'hdl64e',
+            'vlp32c_x2',
+        ),
+        seeds=(1000, ),
+        tasks=('mos', ),
+        type='SimWindowDataset'),
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(shuffle=False, type='DefaultSampler'))
+val_evaluator = dict(type='MosMetric')
+visualizer = dict(
+    type='Visualizer',
+    vis_backends=[
+        dict(type='LocalVisBackend'),
+        dict(type='TensorboardVisBackend'),
+    ])
+work_dir = '/tmp/work_mos_sparseunet_11f_sim'
