@@ -123,6 +123,7 @@ def render_open3d(xyz: np.ndarray, colours: np.ndarray, path: str | Path, width:
     except Exception as exc:  # open3d missing or its system libraries (libusb) absent
         log.info("open3d view skipped: %s", exc)
         return None
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     try:
         renderer = rendering.OffscreenRenderer(width, height)
     except Exception as exc:  # no EGL/Vulkan offscreen backend on this machine
