@@ -18,7 +18,12 @@ probability by its instance's vote. The rule, exactly:
    With ``speed`` (m/s per point) given, an instance whose median speed is
    below ``min_speed`` is SLOW: each point gets min(own probability, vote),
    so the vote can lower but never raise it.
-5. Every other instance is VOTED: all its points get the vote.
+5. With ``agreement`` a: an instance whose points disagree (the share of
+   points with probability > 0.5 lies strictly between 1 - a and a) is
+   MIXED and left unchanged: a Euclidean cluster that joins a moving object
+   to static structure (a kerb, a parked neighbour) must not be voted either
+   way. ``agreement=0.5`` turns this guard off.
+6. Every other instance is VOTED: all its points get the vote.
 
 The function is pure and deterministic; permuting the input points permutes
 the output (up to float rounding of the sums). On SemanticKITTI 00/000000
@@ -48,6 +53,7 @@ class InstanceStatus(IntEnum):
     SLOW = 1  # speed guard: points got min(own, vote)
     TOO_SMALL = 2  # fewer than min_points: unchanged
     TOO_LARGE = 3  # extent diagonal above max_extent: unchanged
+    MIXED = 4  # its points disagree (agreement guard): unchanged
 
 
 @dataclass
@@ -90,7 +96,7 @@ def _group_medians(values: np.ndarray, group: np.ndarray, counts: np.ndarray) ->
 def refine_moving(xyz: np.ndarray, prob: np.ndarray, *, instance_ids: np.ndarray | None = None,
                   ground: np.ndarray | None = None, speed: np.ndarray | None = None, radius: float = 0.5,
                   min_points: int = 5, max_extent: float = 20.0, vote: str | Vote = Vote.MEAN,
-                  min_speed: float = 0.5) -> RefineResult:
+                  min_speed: float = 0.5, agreement: float = 0.5) -> RefineResult:
     """Make the moving probability consistent within each instance (rule in the module docstring).
 
     ``xyz`` (N, 3) metres; ``prob`` (N,) in [0, 1]; ``instance_ids`` (N,) integers,
@@ -111,6 +117,8 @@ def refine_moving(xyz: np.ndarray, prob: np.ndarray, *, instance_ids: np.ndarray
         vote = Vote(vote)
     except ValueError:
         raise ValueError(f"refine_moving: vote must be one of {[v.value for v in Vote]}, got {vote!r}") from None
+    if not 0.5 <= agreement <= 1.0:
+        raise ValueError(f"refine_moving: agreement must be within [0.5, 1], got {agreement}")
     if int(min_points) < 1 or not max_extent > 0 or not radius > 0 or not min_speed >= 0:
         raise ValueError(f"refine_moving: need min_points >= 1, max_extent > 0, radius > 0, min_speed >= 0; got "
                          f"{min_points}, {max_extent}, {radius}, {min_speed}")
@@ -163,6 +171,10 @@ def refine_moving(xyz: np.ndarray, prob: np.ndarray, *, instance_ids: np.ndarray
     status[inst_speed < min_speed] = InstanceStatus.SLOW  # NaN compares False
     status[np.linalg.norm(extent, axis=1) > max_extent] = InstanceStatus.TOO_LARGE
     status[counts < int(min_points)] = InstanceStatus.TOO_SMALL
+    if k:
+        share = np.bincount(inv, weights=(p > 0.5).astype(np.float64), minlength=k) / np.maximum(counts, 1)
+        mixed = (share > 1.0 - agreement) & (share < agreement) & (status == InstanceStatus.VOTED)
+        status[mixed] = InstanceStatus.MIXED
 
     st, pv = status[inv], votes[inv]
     refined = p_in.copy()

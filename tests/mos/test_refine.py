@@ -176,3 +176,20 @@ def test_semantickitti_scan_refined_well_under_a_second(semantickitti_root):
         best = min(best, time.perf_counter() - t0)
     assert best < 1.0, best  # measured about 0.06 s on a 2-core CPU
     assert len(r.stats) > 100 and (r.stats.status == InstanceStatus.TOO_LARGE).any()  # buildings
+
+
+def test_a_cluster_whose_points_disagree_is_left_alone():
+    from perception4d.mos.refine import InstanceStatus, refine_moving
+
+    rng = np.random.default_rng(0)
+    # one instance: 60 % of its points say moving (0.9), 40 % say static (0.1)
+    xyz = rng.uniform(0, 2, (100, 3))
+    prob = np.where(np.arange(100) < 60, 0.9, 0.1)
+    ids = np.zeros(100, np.int64)
+    mixed = refine_moving(xyz, prob, instance_ids=ids, agreement=0.8)
+    assert mixed.stats.status[0] == InstanceStatus.MIXED
+    np.testing.assert_allclose(mixed.prob, prob)
+    voted = refine_moving(xyz, prob, instance_ids=ids, agreement=0.5)
+    assert voted.stats.status[0] == InstanceStatus.VOTED and np.allclose(voted.prob, 0.58)
+    agreeing = np.where(np.arange(100) < 90, 0.9, 0.1)  # 90 % agree: voted
+    assert refine_moving(xyz, agreeing, instance_ids=ids).stats.status[0] == InstanceStatus.VOTED
