@@ -11,13 +11,13 @@ Files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
+
+from perception4d.io.atomic import write_atomic
 
 FLOW_COLUMNS = ("flow_tx_m", "flow_ty_m", "flow_tz_m")
 SUBMISSION_COLUMNS = FLOW_COLUMNS + ("is_dynamic",)
@@ -54,17 +54,7 @@ def _mask(values: np.ndarray, name: str, n: int, target: Path) -> pa.Array:
 
 
 def _write_atomic(table: pa.Table, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        feather.write_feather(table, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return write_atomic(target, lambda tmp: feather.write_feather(table, tmp))
 
 
 def write_av2_submission(out_dir: str | Path, log_id: str, timestamp_ns: int, flow: np.ndarray,

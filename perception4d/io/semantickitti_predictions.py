@@ -10,14 +10,13 @@ Files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from perception4d.core.labels import is_moving, is_valid_semantic
 from perception4d.errors import DataFormatError
+from perception4d.io.atomic import write_atomic
 
 MOS_PREDICTION_MOVING_ID = 251
 MOS_PREDICTION_STATIC_ID = 9
@@ -50,17 +49,7 @@ def write_mos_predictions(out_dir: str | Path, sequence: str | int, scan: str | 
         raise ValueError(f"{target}: moving must be boolean (or 0/1), got dtype {moving.dtype}")
     labels = np.where(moving.astype(bool), MOS_PREDICTION_MOVING_ID, MOS_PREDICTION_STATIC_ID).astype("<u4")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(labels.tobytes())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return write_atomic(target, labels.tofile)
 
 
 def read_mos_predictions(path: str | Path, expected_count: int | None = None) -> np.ndarray:

@@ -74,7 +74,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def broken(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("perception4d.io.semantickitti_predictions.os.replace", broken)
+    monkeypatch.setattr("perception4d.io.atomic.os.replace", broken)
     with pytest.raises(OSError, match="disk full"):
         write_mos_predictions(tmp_path, 0, 1, np.zeros(3, bool))
     np.testing.assert_array_equal(read_mos_predictions(path), [True, True, True])

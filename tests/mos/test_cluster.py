@@ -10,6 +10,8 @@ from perception4d.core.labels import GROUND_IDS
 from perception4d.mos.cluster import cluster_points, estimate_ground
 from perception4d.sim import HDL64E, simulate
 
+from .helpers import box_surface
+
 SIM_PRESET = HDL64E.with_overrides(azimuth_resolution_deg=0.5)
 
 
@@ -30,20 +32,10 @@ def _reference_components(xyz: np.ndarray, radius: float) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _box_surface(rng, center, size, n):
-    """``n`` points uniform over the surface of an axis-aligned box."""
-    sx, sy, sz = size
-    face_area = np.array([sy * sz, sx * sz, sx * sy])
-    face = rng.choice(3, n, p=face_area / face_area.sum())
-    pts = rng.uniform(-0.5, 0.5, (n, 3)) * size
-    pts[np.arange(n), face] = np.sign(rng.uniform(-1, 1, n)) * 0.5 * np.asarray(size)[face]
-    return pts + center
-
-
 def test_two_objects_two_metres_apart_are_two_clusters():
     rng = np.random.default_rng(0)
-    a = _box_surface(rng, (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), 400)
-    b = _box_surface(rng, (3.0, 0.0, 1.0), (1.0, 1.0, 1.0), 400)  # 2 m gap between the faces
+    a = box_surface(rng, (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), 400)
+    b = box_surface(rng, (3.0, 0.0, 1.0), (1.0, 1.0, 1.0), 400)  # 2 m gap between the faces
     labels = cluster_points(np.concatenate([a, b]), radius=0.5)
     assert len(np.unique(labels[:400])) == 1 and len(np.unique(labels[400:])) == 1
     assert labels[0] != labels[400]

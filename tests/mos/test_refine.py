@@ -9,6 +9,8 @@ import pytest
 from perception4d.mos.refine import InstanceStatus, refine_moving
 from perception4d.sim import HDL64E, simulate
 
+from .helpers import box_surface
+
 
 @dataclass
 class Scene:
@@ -18,25 +20,15 @@ class Scene:
     prob: np.ndarray
 
 
-def _box_surface(rng, center, size, n):
-    """``n`` points uniform over the surface of an axis-aligned box."""
-    sx, sy, sz = size
-    face_area = np.array([sy * sz, sx * sz, sx * sy])
-    face = rng.choice(3, n, p=face_area / face_area.sum())
-    pts = rng.uniform(-0.5, 0.5, (n, 3)) * size
-    pts[np.arange(n), face] = np.sign(rng.uniform(-1, 1, n)) * 0.5 * np.asarray(size)[face]
-    return pts + center
-
-
 def _scene(seed: int = 0) -> Scene:
     """Ground plane, a moving and a parked car-sized box and a 30 m wall; per-point noisy probabilities."""
     rng = np.random.default_rng(seed)
     g = np.stack(np.meshgrid(np.arange(-20, 20, 0.4), np.arange(-20, 20, 0.4), indexing="ij"), -1).reshape(-1, 2)
     ground = np.c_[g, rng.normal(0.0, 0.02, len(g))]
     parts = [ground,
-             _box_surface(rng, (5.0, 3.0, 1.0), (4.5, 1.8, 1.5), 800),
-             _box_surface(rng, (-6.0, -4.0, 1.0), (4.5, 1.8, 1.5), 800),
-             _box_surface(rng, (0.0, 12.0, 1.6), (30.0, 0.3, 3.0), 3000)]
+             box_surface(rng, (5.0, 3.0, 1.0), (4.5, 1.8, 1.5), 800),
+             box_surface(rng, (-6.0, -4.0, 1.0), (4.5, 1.8, 1.5), 800),
+             box_surface(rng, (0.0, 12.0, 1.6), (30.0, 0.3, 3.0), 3000)]
     part = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
     moving = part == 1
     prob = np.clip(np.where(moving, 0.65, 0.35) + rng.normal(0.0, 0.25, len(part)), 0.0, 1.0)
