@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # a deprecation notice torch prints once when spconv's modules are first traced
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     return int(args._fn(args) or 0)
 
 
