@@ -24,7 +24,7 @@ def run_demo(out: str = "demo_out", seed: int = 2024, frames: int = 5, preset: s
     from perception4d.cli import render_window
     from perception4d.core import Window
     from perception4d.datasets.sample import build_window_sample
-    from perception4d.inference import load_model, predict_samples
+    from perception4d.inference import load_model
     from perception4d.metrics.flow import FlowSample, av2_2023_frame_stats, av2_2023_result
     from perception4d.sim import simulate
     from perception4d.tasks.flow_infer import flow_picture
@@ -45,9 +45,11 @@ def run_demo(out: str = "demo_out", seed: int = 2024, frames: int = 5, preset: s
           f"({t_sim:.1f} s incl. loading the model)")
 
     t0 = time.perf_counter()
-    result = predict_samples(loaded, [sample])[0]
+    data = loaded.model.data_preprocessor({"inputs": [sample]})
+    with torch.no_grad():
+        result = loaded.model(**data, mode="predict")[0]
     t_net = time.perf_counter() - t0
-    batch_sparse = loaded.model.data_preprocessor({"inputs": [sample]})["inputs"].sparse
+    batch_sparse = data["inputs"].sparse
     print(f"4D sparse tensor (b, x, y, z, t): spatial shape {batch_sparse.spatial_shape}, "
           f"{batch_sparse.num_voxels} voxels, {batch_sparse.dropped.out_of_range} points outside the grid")
     print(f"scene flow for {len(sample.source_xyz)} points of sweep t -> t+1 on {device} in {t_net:.1f} s "
