@@ -10,6 +10,13 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]):
     def deco(fn: Callable[[argparse.Namespace], int]):
         COMMANDS[name] = (add_args, fn)
@@ -55,7 +62,7 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, help="semantickitti, av2 or nuscenes (default: detected)")
     p.add_argument("--sequence", type=int, default=0, help="which sequence/log found under --data")
     p.add_argument("--end", type=int, default=-1, help="index of the window's newest frame (default: last)")
-    p.add_argument("--frames", type=int, default=5, help="window length")
+    p.add_argument("--frames", type=_positive_int, default=5, help="window length")
     p.add_argument("--out", required=True)
     p.add_argument("--extent", type=float, default=50.0, help="half-width of the picture in metres")
 
@@ -65,8 +72,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     """BEV pictures of a window (by time, semantic class, moving flag) and an open3d view if possible."""
     from perception4d.io import open_dataset
 
+    from perception4d.errors import ConfigError
+
     readers = open_dataset(args.data, args.format)
+    if not 0 <= args.sequence < len(readers):
+        raise ConfigError(f"--sequence {args.sequence}: {args.data} holds {len(readers)} sequence(s)")
     reader = readers[args.sequence]
+    if len(reader) == 0:
+        raise ConfigError(f"{reader.format} sequence {reader.sequence_id} has no frames")
     end = args.end % len(reader)
     window = reader.window(end, args.frames)
     for p in render_window(window, args.out, prefix=f"{reader.sequence_id.replace('/', '_')}_{end:06d}",
@@ -156,26 +169,20 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Per-point scene flow (AV2 submission feathers) or MOS (SemanticKITTI .label files) + BEV pictures.
 
-    Bad input (a malformed file, timestamps that do not increase, a bad option) ends the run with one
-    message on stderr and status 2.
+    Bad input (a malformed file, timestamps that do not increase, a bad option, a checkpoint without
+    the task's head) ends the run with one message on stderr and status 2 (see ``main``).
     """
-    from perception4d.errors import Perception4DError
+    if args.task == "mos":
+        from perception4d.tasks.mos_infer import print_mos_run, run_mos_inference
 
-    try:
-        if args.task == "mos":
-            from perception4d.tasks.mos_infer import print_mos_run, run_mos_inference
+        run = run_mos_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                                args.online, args.refine, args.pictures, args.metrics, args.max_gap_s)
+        print_mos_run(run, args.out)
+        return 0
+    from perception4d.tasks.flow_infer import run_flow_inference
 
-            run = run_mos_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
-                                    args.online, args.refine, args.pictures, args.metrics, args.max_gap_s)
-            print_mos_run(run, args.out)
-            return 0
-        from perception4d.tasks.flow_infer import run_flow_inference
-
-        return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
-                                  args.pictures, args.metrics, args.max_gap_s)
-    except Perception4DError as e:
-        print(f"p4d infer: error: {e}", file=sys.stderr)
-        return 2
+    return run_flow_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                              args.pictures, args.metrics, args.max_gap_s)
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -212,12 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; the package's own errors (bad input or options) print one line and return 2."""
+    from perception4d.errors import Perception4DError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     # a deprecation notice torch prints once when spconv's modules are first traced
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-    return int(args._fn(args) or 0)
+    try:
+        return int(args._fn(args) or 0)
+    except Perception4DError as e:
+        print(f"p4d {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 
 from perception4d.core.geometry import Geometry
 from perception4d.datasets.sample import WindowSample
+from perception4d.errors import ConfigError
 
 log = logging.getLogger("perception4d.inference")
 
@@ -45,8 +46,12 @@ class LoadedModel:
 
 
 def load_model(checkpoint: str | Path | None = None, config: str | Path | None = None,
-               device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the model of ``config`` (default: the ``.py`` beside the checkpoint) and load its weights."""
+               device: str | torch.device = "cpu", task: str | None = None) -> LoadedModel:
+    """Build the model of ``config`` (default: the ``.py`` beside the checkpoint) and load its weights.
+
+    With ``task`` the model must have that head. A missing file, a model without the task and
+    weights that do not match the config raise ``ConfigError`` naming the files.
+    """
     from mmengine.config import Config
 
     from perception4d.engine.checkpoint import load_state_dict
@@ -54,17 +59,20 @@ def load_model(checkpoint: str | Path | None = None, config: str | Path | None =
 
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_FLOW
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} not found")
+        raise ConfigError(f"checkpoint {ckpt} not found")
     cfg_path = Path(config) if config else ckpt.with_suffix(".py")
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"config {cfg_path} not found (pass --config, or keep the run's config beside "
-                                f"the checkpoint with the same stem)")
+        raise ConfigError(f"config {cfg_path} not found (pass --config, or keep the run's config beside "
+                          f"the checkpoint with the same stem)")
     cfg = Config.fromfile(str(cfg_path))
+    if task is not None and task not in cfg.model.get("heads", {}):
+        raise ConfigError(f"{cfg_path} ({ckpt.name}) has no {task!r} head, only {sorted(cfg.model.heads)}: "
+                          f"pass a checkpoint trained for {task}")
     model = build_model(cfg.model)
     state = load_state_dict(str(ckpt))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"{ckpt} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ConfigError(f"{ckpt} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     device = torch.device(device)
     model.to(device).eval()
     return LoadedModel(model, Geometry.from_config(cfg.geometry), device, cfg_path, ckpt)

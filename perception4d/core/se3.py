@@ -86,7 +86,8 @@ class SE3:
         """(qw, qx, qy, qz)."""
         from pyquaternion import Quaternion
 
-        q = Quaternion(matrix=self.rotation, atol=1e-6)
+        u, _, vt = np.linalg.svd(self.rotation)  # the nearest rotation: the constructor allows 1e-4 drift
+        q = Quaternion(matrix=u @ vt, atol=1e-9)
         return (q.w, q.x, q.y, q.z)
 
     def allclose(self, other: "SE3", atol: float = 1e-6) -> bool:

@@ -32,6 +32,8 @@ def _as_tensor(a, name: str) -> torch.Tensor:
     if isinstance(a, np.ndarray):
         if a.dtype.kind == "u":  # torch lacks most ops on wide unsigned types
             a = a.astype(np.int64)
+        if any(s < 0 for s in a.strides):  # torch.from_numpy refuses negative strides (e.g. a[::-1])
+            a = np.ascontiguousarray(a)
         return torch.from_numpy(a)
     if isinstance(a, torch.Tensor):
         return a.detach()
@@ -146,6 +148,7 @@ class HostStaging:
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self._buf: torch.Tensor | None = None
+        self._extra: list[torch.Tensor] = []  # overflow buffers of the current batch, alive until its copies end
         self._done: torch.cuda.Event | None = None
         self._used = 0
 
@@ -161,6 +164,7 @@ class HostStaging:
             self._done.synchronize()
             self._done = None
         self._used = 0
+        self._extra.clear()
 
     def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised numpy array of ``shape``, in pinned memory when the device is a GPU."""
@@ -171,7 +175,8 @@ class HostStaging:
         start = -(-self._used // 64) * 64  # 64-byte aligned slices
         if self._buf is None or start + nbytes > self._buf.numel():
             if self._used:  # earlier slices of this batch live in the old buffer: keep them valid
-                return torch.empty(nbytes, dtype=torch.uint8).pin_memory().numpy().view(dtype).reshape(shape)
+                self._extra.append(torch.empty(nbytes, dtype=torch.uint8).pin_memory())
+                return self._extra[-1].numpy().view(dtype).reshape(shape)
             self._buf = torch.empty(max(nbytes, 1 << 20) * 2, dtype=torch.uint8).pin_memory()
             start = 0
         self._used = start + nbytes

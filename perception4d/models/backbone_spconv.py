@@ -110,6 +110,11 @@ class SparseUNet4D(nn.Module):
     def out_channels(self) -> int:
         return self.channels[0]
 
+    @property
+    def min_grid_cells(self) -> int:
+        """Cells every spatial axis of the grid needs: one at the coarsest level (stride 2 per level)."""
+        return 2 ** (len(self.channels) - 1)
+
     def forward(self, x):
         """x: a SparseConvTensor with ``in_channels`` features; returns one with ``out_channels`` on the same voxels."""
         x = x.replace_feature(self.stem(x.features))

@@ -56,6 +56,6 @@ class PointEncoder(nn.Module):
         idx = (sparse.point_to_voxel >= 0).nonzero(as_tuple=True)[0]
         point_feats = raw.new_zeros(raw.shape[0], self.out_channels, dtype=self.mlp[0].weight.dtype)
         if idx.numel() > 0:
-            point_feats = point_feats.index_put((idx,), self.mlp(raw[idx].to(self.mlp[0].weight.dtype)))
+            point_feats = point_feats.index_put((idx,), self.mlp(raw[idx].to(point_feats.dtype)).to(point_feats.dtype))
         voxel_feats = scatter_mean(point_feats, sparse.point_to_voxel, sparse.num_voxels)
         return voxel_feats, point_feats

@@ -20,6 +20,7 @@ from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers th
 from perception4d.models.heads.mos import MosHead  # noqa: F401  (registers the head)
 from perception4d.models.preprocessor import BatchedWindows
 from perception4d.models.spconv_utils import guard_spconv_dtypes, set_spconv_algo
+from perception4d.errors import ConfigError
 from perception4d.registry import MODELS
 from perception4d.utils.timing import NullTimer
 
@@ -81,6 +82,12 @@ class Perception4DNet(BaseModel):
             heads_built[name] = MODELS.build(cfg)
         self.heads = nn.ModuleDict(heads_built)
         guard_spconv_dtypes(self)
+        grid = self.data_preprocessor.batcher.geometry.grid_shape
+        need = getattr(self.backbone, "min_grid_cells", 1)
+        if min(grid) < need:
+            raise ConfigError(f"geometry grid {grid} is too small for a backbone of {len(self.backbone.channels)} "
+                              f"levels: every axis needs at least {need} cells (widen point_range or use fewer "
+                              f"levels)")
         self._algo_device: torch.device | None = None
         self.timer = NullTimer()  # set a StageTimer to time encoder / backbone / head
 

@@ -58,25 +58,32 @@ class RecedingHorizonFusion:
         self._l0 = float(logit(prior))
         self._acc: OrderedDict[Hashable, list] = OrderedDict()  # scan -> [log-odds sum, online, count]
 
-    def add_window(self, scan_ids: list[Hashable], probs: list[np.ndarray]) -> list[FusedScan]:
+    def add_window(self, scan_ids: list[Hashable], probs: list[np.ndarray],
+                   valid: list[np.ndarray] | None = None) -> list[FusedScan]:
         """Add one window's predictions (oldest scan first, the newest last); return scans now final.
 
-        Held scans that this window does not contain can get no more predictions (windows only
-        move forward; after a missing sweep a window starts fresh) and are emitted first.
+        ``valid`` (per scan, bool per point) marks the rows the window has evidence for (points
+        inside its grid); other rows add nothing to the fused log-odds. Held scans that this window
+        does not contain can get no more predictions (windows only move forward; after a missing
+        sweep a window starts fresh) and are emitted first.
         """
-        if len(scan_ids) != len(probs):
-            raise ValueError(f"{len(scan_ids)} scan ids for {len(probs)} prediction arrays")
+        if len(scan_ids) != len(probs) or (valid is not None and len(valid) != len(probs)):
+            raise ValueError(f"{len(scan_ids)} scan ids for {len(probs)} prediction arrays"
+                             + ("" if valid is None else f" and {len(valid)} validity masks"))
         done = [self._emit(sid) for sid in [s for s in self._acc if s not in set(scan_ids)]]
-        for sid, p in zip(scan_ids, probs):
+        for j, (sid, p) in enumerate(zip(scan_ids, probs)):
             p = np.asarray(p, np.float64)
+            evidence = logit(p) - self._l0
+            if valid is not None:
+                evidence = np.where(np.asarray(valid[j], bool), evidence, 0.0)
             entry = self._acc.get(sid)
             if entry is None:
-                self._acc[sid] = [logit(p) - self._l0, p.astype(np.float32), 1]
+                self._acc[sid] = [evidence, p.astype(np.float32), 1]
             else:
                 if entry[0].shape != p.shape:
                     raise ValueError(f"scan {sid!r}: {p.shape[0]} predictions, earlier windows had "
                                      f"{entry[0].shape[0]}")
-                entry[0] += logit(p) - self._l0
+                entry[0] += evidence
                 entry[2] += 1
         while len(self._acc) > self.horizon - 1 and self._acc:
             done.append(self._emit(next(iter(self._acc))))

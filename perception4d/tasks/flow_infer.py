@@ -49,7 +49,7 @@ def run_flow_inference(data: str, fmt: str | None, out: str, checkpoint: str | N
 
     out_dir = Path(out)
     readers = open_dataset(data, fmt)
-    loaded = load_model(checkpoint, config, device)
+    loaded = load_model(checkpoint, config, device, task="flow")
     gap = DEFAULT_MAX_GAP_S if max_gap_s is None else max_gap_s
     plans = [plan_windows(r, loaded.geometry.num_frames, gap) for r in readers]  # checks all timestamps first
     stats = []

@@ -32,6 +32,7 @@ class MosRun:
     """What a run wrote and, where labels exist, per-variant metric statistics."""
 
     written: list[Path] = field(default_factory=list)
+    written_per_sequence: dict[str, int] = field(default_factory=dict)
     stats: dict[str, list] = field(default_factory=lambda: {v: [] for v in VARIANTS})
     short_windows: int = 0  # scans predicted from fewer than T scans (start of a sequence, after a gap)
 
@@ -66,7 +67,7 @@ def run_mos_inference(data: str, fmt: str | None, out: str, checkpoint: str | No
 
     gap = DEFAULT_MAX_GAP_S if max_gap_s is None else max_gap_s
     readers = open_dataset(data, fmt)
-    loaded = load_model(checkpoint or DEFAULT_MOS, config, device)
+    loaded = load_model(checkpoint or DEFAULT_MOS, config, device, task="mos")
     horizon = loaded.geometry.num_frames
     run = MosRun()
     chosen = ("online" if online else "fused") + ("+refine" if refine else "")
@@ -86,7 +87,9 @@ def run_mos_inference(data: str, fmt: str | None, out: str, checkpoint: str | No
                     outputs[name + "+refine"] = refine_moving(xyz, outputs[name], agreement=REFINE_AGREEMENT).prob
             moving = outputs[chosen] > 0.5
             run.written.append(write_mos_predictions(out, seq_name, _scan_name(frame.frame_id, k), moving))
-            if len(run.written) <= pictures:
+            n_done = run.written_per_sequence.get(seq_name, 0)
+            run.written_per_sequence[seq_name] = n_done + 1
+            if n_done < pictures:
                 mos_picture(xyz, moving, Path(out) / "pictures" / f"{seq_name}_{k:06d}_mos.png",
                             f"{reader.sequence_id} scan {k}: {chosen} MOS")
             if metrics and frame.labels is not None:
@@ -101,8 +104,9 @@ def run_mos_inference(data: str, fmt: str | None, out: str, checkpoint: str | No
             if last - first + 1 < horizon:
                 run.short_windows += 1
             pred = predict_samples(loaded, [sample])[0].mos
-            for fused_scan in fusion.add_window(list(range(first, last + 1)),
-                                                [pred.frame(j) for j in range(last - first + 1)]):
+            span = range(last - first + 1)
+            for fused_scan in fusion.add_window(list(range(first, last + 1)), [pred.frame(j) for j in span],
+                                                [pred.in_grid[pred.offsets[j]:pred.offsets[j + 1]] for j in span]):
                 emit(fused_scan)
         for fused_scan in fusion.flush():
             emit(fused_scan)

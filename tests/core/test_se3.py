@@ -61,3 +61,10 @@ def test_from_matrix_orthonormalize_repairs_text_precision():
     a = SE3.from_matrix(m_text, orthonormalize=True)
     np.testing.assert_allclose(a.rotation @ a.rotation.T, np.eye(3), atol=1e-12)
     assert abs(a.yaw - 0.7) < 1e-4
+
+
+def test_quaternion_of_a_rotation_within_the_constructor_tolerance():
+    r = np.eye(3)
+    r[0, 0] += 2e-5
+    q = SE3(r, np.zeros(3)).quaternion()
+    assert abs(q[0] - 1.0) < 1e-4

@@ -105,3 +105,12 @@ def test_every_config_builds(config):
     Geometry.from_config(cfg.geometry)
     model = build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 10_000
+
+
+def test_a_grid_too_small_for_the_backbone_is_refused():
+    from perception4d.errors import ConfigError
+
+    cfg = Config.fromfile(str(CONFIGS / "flow_sparseunet_5f_sim.py"))
+    cfg.model.data_preprocessor.geometry = dict(point_range=(0, 0, 0, 8, 8, 0.6), voxel_size=(1, 1, 0.2), num_frames=2)
+    with pytest.raises(ConfigError, match="at least 8 cells"):
+        build_model(cfg.model)

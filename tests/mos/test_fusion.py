@@ -67,3 +67,12 @@ def test_a_window_after_a_gap_releases_the_scans_before_it():
     out = fus.add_window([5], [np.full(1, 0.5)])  # scans 2-4 missing: 0 and 1 can get no more predictions
     assert [o.scan_id for o in out] == [0, 1] and out[0].num_predictions == 2
     assert [o.scan_id for o in fus.flush()] == [5]
+
+
+def test_rows_without_evidence_keep_the_prior():
+    fus = RecedingHorizonFusion(3, prior=0.3)
+    for ids in ([0], [0, 1], [0, 1, 2]):
+        out = fus.add_window(ids, [np.array([0.5, 0.9])] * len(ids), valid=[np.array([False, True])] * len(ids))
+    fused = out[0].fused
+    assert abs(fused[0] - 0.3) < 1e-6  # outside every window's grid: the prior, not pushed towards moving
+    assert fused[1] > 0.99

@@ -185,3 +185,13 @@ def test_voxelize_windows_on_semantickitti_scans(semantickitti_root):
     assert float(st.features[:, 3].min()) >= 0.0 and float(st.features[:, 3].max()) <= 1.0
     with pytest.raises(ValueError, match="window 0 has 2 frames but geometry.num_frames is 1"):
         voxelize_windows(windows, geom.with_frames(1), device="cpu")
+
+
+def test_reversed_numpy_views_are_accepted():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-5, 5, (200, 4)).astype(np.float32)
+    t = rng.integers(0, 2, 200).astype(np.int32)
+    for backend in ("numba", "torch"):
+        a = voxelize(pts[::-1], t[::-1], GEOM, backend=backend)
+        b = voxelize(np.ascontiguousarray(pts[::-1]), np.ascontiguousarray(t[::-1]), GEOM, backend=backend)
+        assert torch.equal(a.coords, b.coords) and torch.equal(a.point_to_voxel, b.point_to_voxel)

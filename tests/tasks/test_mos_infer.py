@@ -35,3 +35,16 @@ def test_online_output_differs_from_fused_only_where_windows_disagree(semanticki
     np.testing.assert_array_equal(read_mos_predictions(a / last), read_mos_predictions(b / last))
     first = "sequences/00/predictions/000000.label"  # three windows fused vs one
     assert (read_mos_predictions(a / first) != read_mos_predictions(b / first)).any()
+
+
+def test_a_checkpoint_without_the_task_head_is_one_clear_error(semantickitti_root, tmp_path, capsys):
+    from perception4d.inference import DEFAULT_FLOW
+
+    rc = main(["infer", "--task", "mos", "--checkpoint", str(DEFAULT_FLOW), "--data", str(semantickitti_root),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has no 'mos' head" in err and "Traceback" not in err
+    assert main(["infer", "--task", "flow", "--checkpoint", str(tmp_path / "missing.pth"), "--data",
+                 str(semantickitti_root), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.pth not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
