@@ -246,6 +246,9 @@ def voxelize_windows(windows: Sequence[AlignedWindow], geometry: Geometry, devic
                      columns: Sequence[str] | None = None) -> SparseTensor4D:
     """Batch aligned windows into one SparseTensor4D on ``device`` (batch index = position in the list).
 
+    Time indices are taken as the windows carry them: a window shorter than ``geometry.num_frames``
+    keeps its newest frame at ``n - 1`` unless shifted first (``build_window_sample`` right-aligns).
+
     The data moves to ``device`` once; ``point_to_voxel`` follows the windows' points concatenated in
     list order. ``columns`` selects and orders the feature columns (default: the first window's).
     """

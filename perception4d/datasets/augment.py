@@ -6,6 +6,8 @@ motion. A random rotation about the ego z axis, a small scale, a height shift
 and an intensity gain, applied to every point of the window alike, remove those
 shortcuts while keeping every label exact: flow vectors rotate and scale with
 the points, a height shift does not change them, MOS labels do not change.
+The window's ``ref_T_frame`` poses are not updated (a scaled map is no SE3):
+augmented samples are for training only.
 """
 
 from __future__ import annotations
