@@ -61,3 +61,24 @@ def test_train_resume_and_test(tmp_path):
           "--out-json", str(tmp_path / "metrics.json"), "--cfg-options", *opts], tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["av2/EPE 3-Way Average"] >= 0 and "av2/Bucketed/Mean Static EPE" in metrics
+
+
+@pytest.mark.slow
+def test_mos_config_trains_and_evaluates_with_the_mos_metric(tmp_path):
+    geo = "[-12.8,-12.8,-2.4,12.8,12.8,4.0]"
+    vs = "[0.2,0.2,0.2]"
+    opts = [f"model.data_preprocessor.geometry.point_range={geo}", f"model.data_preprocessor.geometry.voxel_size={vs}",
+            "model.backbone.channels=[8,16,16]", "model.encoder.out_channels=8",
+            "train_cfg.max_iters=3", "train_cfg.val_interval=3", "param_scheduler=None",
+            "default_hooks.checkpoint.interval=3"]
+    for split, seed, frames in (("train_dataloader", 7, 4), ("val_dataloader", 8, 3), ("test_dataloader", 8, 3)):
+        opts += [f"{split}.dataset.geometry.point_range={geo}", f"{split}.dataset.geometry.voxel_size={vs}",
+                 f"{split}.dataset.seeds=[{seed}]", f"{split}.dataset.frames_per_sequence={frames}",
+                 f"{split}.dataset.preset=hdl32e", f"{split}.batch_size=2"]
+    cfg = str(REPO / "configs" / "mos_sparseunet_11f_sim.py")
+    work = tmp_path / "run"
+    _run([str(REPO / "tools" / "train.py"), cfg, "--work-dir", str(work), "--cfg-options", *opts], tmp_path)
+    _run([str(REPO / "tools" / "test.py"), cfg, str(work / "iter_3.pth"), "--work-dir", str(work),
+          "--out-json", str(tmp_path / "metrics.json"), "--cfg-options", *opts], tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["mos/iou_moving"] <= 1.0 and "mos/false_moving_rate" in metrics
