@@ -48,3 +48,27 @@ __all__ = [
     "MosFrameStats", "MosResult", "MosSample", "MosScanScore", "mos_frame_stats", "mos_from_semantic", "mos_result",
     "MosMetric",
 ]
+
+from perception4d.metrics.occupancy import (
+    OccupancyFrameStats,
+    OccupancyResult,
+    OccupancySample,
+    occupancy_frame_stats,
+    occupancy_result,
+)
+from perception4d.metrics.occupancy_metric import OccupancyMetric
+from perception4d.metrics.rayiou import (
+    RayHits,
+    RaySet,
+    RayStats,
+    cast_rays,
+    occ3d_ray_directions,
+    ray_frame_stats,
+    uniform_ray_directions,
+)
+
+__all__ += [
+    "OccupancyFrameStats", "OccupancyResult", "OccupancySample", "occupancy_frame_stats", "occupancy_result",
+    "OccupancyMetric", "RayHits", "RaySet", "RayStats", "cast_rays", "occ3d_ray_directions", "ray_frame_stats",
+    "uniform_ray_directions",
+]
