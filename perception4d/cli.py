@@ -185,6 +185,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
                               args.pictures, args.metrics, args.max_gap_s)
 
 
+# --- occupancy ground truth ------------------------------------------------------------------
+
+def _occupancy_gt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="labelled sequences (SemanticKITTI root or sequence folder)")
+    p.add_argument("--format", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid", default="occ3d", help="occ3d (0.4 m, 200x200x16) or ssc (0.2 m, 256x256x32 ahead)")
+    p.add_argument("--context", type=int, default=2, help="labelled scans aggregated before and after each scan")
+
+
+@command("occupancy-gt", _occupancy_gt_args)
+def cmd_occupancy_gt(args: argparse.Namespace) -> int:
+    """Occ3D-style occupancy ground truth (.npz) by aggregating labelled scans, with ray-cast visibility."""
+    from perception4d.tasks.occupancy_gt import write_occupancy_gt
+
+    paths = write_occupancy_gt(args.data, args.format, args.out, args.grid, args.context)
+    print(f"wrote occupancy ground truth of {len(paths)} scans to {args.out}")
+    return 0
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
