@@ -3,7 +3,8 @@
 from perception4d.models.net import Perception4DNet, SampleResult
 from perception4d.models.preprocessor import BatchedWindows, WindowBatcher, WindowDataPreprocessor
 
-__all__ = ["build_model", "Perception4DNet", "SampleResult", "BatchedWindows", "WindowBatcher", "WindowDataPreprocessor"]
+__all__ = ["build_model", "Perception4DNet", "SampleResult", "BatchedWindows", "WindowBatcher",
+           "WindowDataPreprocessor"]
 
 
 def build_model(cfg: dict):

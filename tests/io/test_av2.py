@@ -35,7 +35,8 @@ def test_index_and_points(reader, frames):
                                   ((-212.8, 213.9), (-79.6, 87.6), (-4.91, 28.5))]):
         for axis, (lo, hi) in enumerate(ranges):
             assert abs(f.points[:, axis].min() - lo) < 0.1 and abs(f.points[:, axis].max() - hi) < 0.1  # float16
-        assert f.column("intensity").min() == 0 and f.column("intensity").max() == 1.0  # stored 0..255, delivered in [0, 1]
+        # stored 0..255, delivered in [0, 1]
+        assert f.column("intensity").min() == 0 and f.column("intensity").max() == 1.0
         t = f.column("time_offset")  # seconds within the 0.1 s sweep
         assert 0.0 <= t.min() and 0.09 < t.max() < 0.11
         assert f.extrinsic.allclose(SE3.identity()) and f.pose_known
