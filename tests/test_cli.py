@@ -68,9 +68,10 @@ def test_console_script_help():
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "perception4d.cli"]
     res = subprocess.run(cmd + ["--help"], check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    for name in ("simulate", "render", "train", "eval", "infer", "demo"):
+    expected = {"simulate", "render", "train", "eval", "infer", "occupancy-gt", "demo"}
+    for name in expected:
         assert name in res.stdout
-    assert set(COMMANDS) == {"simulate", "render", "train", "eval", "infer", "demo"}
+    assert set(COMMANDS) == expected
 
 
 def test_simulate_writes_three_layouts(sim_root):

@@ -9,12 +9,16 @@ target device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from perception4d.core.geometry import Geometry
 from perception4d.core.window import AlignedWindow, Window
 from perception4d.errors import ConfigError, WindowError
+
+if TYPE_CHECKING:
+    from perception4d.sim.occupancy import OccupancyGT
 
 INPUT_COLUMNS = ("x", "y", "z", "intensity")
 #: largest accepted time between consecutive sweeps of a window; 10 / 20 Hz sensors have 0.1 / 0.05 s,
@@ -54,6 +58,8 @@ class WindowSample:
     targets: FlowTargets | None = None
     mos_labels: np.ndarray | None = None  # (M,) uint8 over all window points: 0 ignore, 1 static, 2 moving
     frame_ids: tuple[str, ...] = ()  # the window's frames, oldest first
+    occupancy: OccupancyGT | None = None  # ground truth of the reference (newest) frame, its ego frame
+    sensor_origin: np.ndarray | None = None  # (3,) reference sensor in its ego frame; None: extrinsic unknown
 
     @property
     def source_slice(self) -> slice:
@@ -95,15 +101,18 @@ def check_window_gaps(window: Window, max_gap_s: float = DEFAULT_MAX_GAP_S, sequ
 def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "",
                         with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS,
                         max_gap_s: float | None = DEFAULT_MAX_GAP_S,
-                        tasks: tuple[str, ...] = ("flow",)) -> WindowSample:
+                        tasks: tuple[str, ...] = ("flow",),
+                        occupancy: OccupancyGT | None = None) -> WindowSample:
     """A sample of a window whose newest frame is the reference.
 
     With ``flow`` among ``tasks`` the source (the sweep with per-point flow) is
     the one before the reference (sweep t; the reference is t+1) and the window
     needs two sweeps; otherwise the source is the newest scan itself (MOS: the
     current scan). With ``mos`` and ``with_targets`` every point of the window
-    carries its MOS label. Shorter windows (start of a log) are accepted; time
-    indices are shifted so the reference always sits at ``num_frames - 1``.
+    carries its MOS label. With ``occupancy`` and ``with_targets`` the sample
+    carries ``occupancy``, the ground truth of the reference frame (required
+    then: frames do not hold it). Shorter windows (start of a log) are
+    accepted; time indices are shifted so the reference always sits at ``num_frames - 1``.
     Consecutive sweeps more than ``max_gap_s`` apart raise ``WindowError``
     (None: no check). Sweeps with zero points are valid: an empty source gives
     empty per-point outputs; points with a non-finite value are kept here and
@@ -126,11 +135,31 @@ def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "
     mos = None
     if with_targets and "mos" in tasks:
         mos = np.concatenate([mos_targets(f) for f in window.frames])
+    ref = window.frames[-1]
+    if with_targets and "occupancy" in tasks:
+        if occupancy is None:
+            raise WindowError(f"occupancy targets requested for {sequence_id or 'sequence'} frame {ref.frame_id} "
+                              f"but no occupancy ground truth was given for it")
+    else:
+        occupancy = None
     return WindowSample(aligned=aligned, source_index=source_index, source_xyz=src.xyz_in_ego().astype(np.float32),
                         meta=SampleMeta(sequence_id=sequence_id, frame_id=src.frame_id,
                                         timestamp_ns=src.timestamp_ns,
                                         next_timestamp_ns=window.frames[-1].timestamp_ns),
-                        targets=targets, mos_labels=mos, frame_ids=tuple(f.frame_id for f in window.frames))
+                        targets=targets, mos_labels=mos, frame_ids=tuple(f.frame_id for f in window.frames),
+                        occupancy=occupancy, sensor_origin=sensor_origin(ref))
+
+
+def sensor_origin(frame) -> np.ndarray | None:
+    """(3,) float64 position of the frame's sensor in its ego frame; None when the extrinsic is a placeholder.
+
+    Frames already in the ego frame (identity extrinsic, e.g. Argoverse 2) or without a known pose do not
+    say where the sensor is.
+    """
+    e = frame.extrinsic
+    if not frame.pose_known or (np.allclose(e.rotation, np.eye(3)) and not np.any(e.translation)):
+        return None
+    return np.asarray(e.translation, np.float64).copy()
 
 
 def mos_targets(frame) -> np.ndarray:

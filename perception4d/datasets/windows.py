@@ -7,6 +7,7 @@ Tasks differ in which windows exist:
   ``max_gap_s`` apart (a missing sweep) is skipped with a logged, counted
   warning (``WindowPlan.skipped``).
 * ``mos``: one window per scan k, ending at k (the current scan).
+* ``occupancy``: like ``mos``; the ground truth belongs to the window's newest scan.
 
 Either way a window never spans a missing sweep: its context starts after the
 gap, so the model predicts from a shorter window (time indices stay
@@ -28,7 +29,7 @@ from perception4d.io.base import SequenceReader
 
 log = logging.getLogger("perception4d.windows")
 
-WINDOW_TASKS = ("flow", "mos")
+WINDOW_TASKS = ("flow", "mos", "occupancy")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class WindowPlan:
 
 def plan_windows(reader: SequenceReader, window_frames: int, max_gap_s: float = DEFAULT_MAX_GAP_S,
                  task: str = "flow") -> WindowPlan:
-    """Windows of up to ``window_frames`` frames for ``task`` ('flow' or 'mos'), cut at missing sweeps."""
+    """Windows of up to ``window_frames`` frames for ``task`` (one of ``WINDOW_TASKS``), cut at missing sweeps."""
     if task not in WINDOW_TASKS:
         raise ConfigError(f"window task must be one of {WINDOW_TASKS}, got {task!r}")
     max_gap_s = check_max_gap(max_gap_s)
@@ -106,5 +107,6 @@ def iter_windows(reader: SequenceReader, geometry: Geometry, with_targets: bool 
 
 
 def window_task(tasks: tuple[str, ...]) -> str:
-    """The window layout a set of tasks needs: flow windows when flow is among them (MOS rides along)."""
+    """The window layout a set of tasks needs: flow windows when flow is among them (MOS and occupancy
+    ride along: occupancy then belongs to the reference sweep t+1), else one window per scan."""
     return "flow" if "flow" in tasks else "mos"

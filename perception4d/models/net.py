@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from mmengine.model import BaseModel
 from torch import nn
@@ -18,6 +19,7 @@ from perception4d.models.backbone_spconv import SparseUNet4D  # noqa: F401  (reg
 from perception4d.models.encoder import PointEncoder
 from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
 from perception4d.models.heads.mos import MosHead  # noqa: F401  (registers the head)
+from perception4d.models.heads.occupancy import OccupancyHead  # noqa: F401  (registers the head)
 from perception4d.models.preprocessor import BatchedWindows
 from perception4d.models.spconv_utils import guard_spconv_dtypes, set_spconv_algo
 from perception4d.errors import ConfigError
@@ -26,7 +28,7 @@ from perception4d.utils.timing import NullTimer
 
 
 #: head names and the SampleResult field each one fills
-TASK_HEADS = ("flow", "mos")
+TASK_HEADS = ("flow", "mos", "occupancy")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class SampleResult:
     sample: object  # the WindowSample that was predicted
     flow: object | None = None  # FlowPrediction
     mos: object | None = None  # MosPrediction
+    occupancy: object | None = None  # OccupancyPrediction
 
     def to_flow_sample(self):
         """The flow prediction with its sample's ground truth, as the flow metrics take it."""
@@ -60,6 +63,25 @@ class SampleResult:
         k = len(s.aligned.offsets) - 2
         sl = slice(int(s.aligned.offsets[k]), int(s.aligned.offsets[k + 1]))
         return MosSample(pred_prob=self.mos.current, gt_mos=s.mos_labels[sl], frame_id=s.frame_ids[k])
+
+    def to_occupancy_sample(self):
+        """The occupancy prediction of the reference frame with its ground truth, as the occupancy metrics take it.
+
+        RayIoU rays start at the reference sensor (``sample.sensor_origin``), else at ``DEFAULT_SENSOR_ORIGIN``.
+        """
+        from perception4d.metrics.occupancy import OccupancySample
+        from perception4d.models.heads.occupancy import DEFAULT_SENSOR_ORIGIN
+
+        s, p = self.sample, self.occupancy
+        frame_id = s.frame_ids[-1] if s.frame_ids else self.meta.frame_id
+        if p is None or s.occupancy is None:
+            raise ValueError(f"{frame_id}: no occupancy prediction or no occupancy ground truth to evaluate")
+        g = s.occupancy.geometry
+        if g.point_range != p.geometry.point_range or g.voxel_size != p.geometry.voxel_size:
+            raise ValueError(f"{frame_id}: predicted grid {p.geometry} differs from the ground-truth grid {g}")
+        origin = s.sensor_origin if s.sensor_origin is not None else np.asarray(DEFAULT_SENSOR_ORIGIN)
+        return OccupancySample.from_gt(p.semantics, s.occupancy, pred_velocity=p.velocity, sensor_origin=origin,
+                                       frame_id=frame_id)
 
 
 @MODELS.register_module()

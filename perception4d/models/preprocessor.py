@@ -27,6 +27,34 @@ class TargetTensors:
 
 
 @dataclass
+class OccupancyTargets:
+    """Dense occupancy ground truth of a batch on one grid (the samples' reference ego frames)."""
+
+    semantics: torch.Tensor  # (B, X, Y, Z) int64 compact class, 0 free, 255 ignore
+    visible: torch.Tensor  # (B, X, Y, Z) bool
+    velocity: torch.Tensor  # (B, X, Y, Z, 3) float32 m/s
+    geometry: Geometry
+
+
+def occupancy_targets(samples: list[WindowSample], device: torch.device) -> OccupancyTargets | None:
+    """The samples' occupancy ground truth stacked on ``device``; None unless every sample has one."""
+    occ = [s.occupancy for s in samples]
+    if any(o is None for o in occ):
+        return None
+    geo = occ[0].geometry
+    for s, o in zip(samples, occ):
+        if o.geometry.point_range != geo.point_range or o.geometry.voxel_size != geo.voxel_size:
+            raise ValueError(f"{s.meta.frame_id}: occupancy grid {o.geometry} differs from the batch's grid {geo}")
+
+    def dev(arrays, dtype):
+        return torch.from_numpy(np.stack(arrays)).to(device=device, non_blocking=True).to(dtype)  # copy, then widen
+
+    return OccupancyTargets(semantics=dev([o.semantics for o in occ], torch.int64),
+                            visible=dev([o.visible for o in occ], torch.bool),
+                            velocity=dev([o.velocity for o in occ], torch.float32), geometry=geo)
+
+
+@dataclass
 class BatchedWindows:
     """A batch of windows on one device.
 
@@ -46,6 +74,7 @@ class BatchedWindows:
     samples: list[WindowSample]
     targets: TargetTensors | None = None
     mos_labels: torch.Tensor | None = None  # (P,) uint8 over every point: 0 ignore, 1 static, 2 moving
+    occupancy: OccupancyTargets | None = None  # the reference frames' occupancy ground truth
 
     @property
     def source_in_grid(self) -> torch.Tensor:
@@ -95,7 +124,8 @@ class WindowBatcher:
         return BatchedWindows(sparse=sparse, points=packed.points, time=packed.time,
                               source_rows=dev([rows], torch.int64), source_batch=source_batch,
                               ego_flow=dev([s.ego_flow for s in samples], torch.float32), dt=dt,
-                              source_counts=counts, samples=list(samples), targets=targets, mos_labels=mos)
+                              source_counts=counts, samples=list(samples), targets=targets, mos_labels=mos,
+                              occupancy=occupancy_targets(samples, device))
 
 
 @MODELS.register_module()
