@@ -27,19 +27,8 @@ from perception4d.metrics.flow_bucketed import (
     av2_2024_result,
 )
 from perception4d.metrics.flow_kitti import KittiFrameStats, KittiResult, kitti_frame_stats, kitti_result
+from perception4d.metrics.samples import coerce_samples
 from perception4d.registry import METRICS
-
-
-def _flow_samples(data_samples: Sequence[Any], metric: str) -> Sequence[FlowSample]:
-    """FlowSamples, or model results that convert themselves (``to_flow_sample()``)."""
-    out = []
-    for s in data_samples:
-        if not isinstance(s, FlowSample) and hasattr(s, "to_flow_sample"):
-            s = s.to_flow_sample()
-        if not isinstance(s, FlowSample):
-            raise TypeError(f"{metric}.process expects FlowSample data samples, got {type(s).__name__}")
-        out.append(s)
-    return out
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ class Av2FlowMetric(BaseMetric):
         self.bucket_close_distance = float(bucket_close_distance)
 
     def process(self, data_batch: Any, data_samples: Sequence[FlowSample]) -> None:
-        for s in _flow_samples(data_samples, type(self).__name__):
+        for s in coerce_samples(data_samples, FlowSample, "to_flow_sample", type(self).__name__):
             self.results.append(Av2FrameRecord(
                 frame_id=s.frame_id,
                 stats_2023=av2_2023_frame_stats(s),
@@ -96,7 +85,7 @@ class KittiFlowMetric(BaseMetric):
     default_prefix = "kitti"
 
     def process(self, data_batch: Any, data_samples: Sequence[FlowSample]) -> None:
-        for s in _flow_samples(data_samples, type(self).__name__):
+        for s in coerce_samples(data_samples, FlowSample, "to_flow_sample", type(self).__name__):
             self.results.append(kitti_frame_stats(s))
 
     @staticmethod

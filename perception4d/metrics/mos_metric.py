@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from mmengine.evaluator import BaseMetric
 
 from perception4d.metrics.mos import MosFrameStats, MosResult, MosSample, mos_result
+from perception4d.metrics.samples import coerce_samples
 from perception4d.registry import METRICS
 
 
@@ -21,18 +22,6 @@ from perception4d.registry import METRICS
 class MosFrameRecord:
     frame_id: str
     stats: MosFrameStats
-
-
-def _mos_samples(data_samples: Sequence[Any], metric: str) -> list[MosSample]:
-    out = []
-    for s in data_samples:
-        if not isinstance(s, MosSample) and hasattr(s, "to_mos_sample"):
-            s = s.to_mos_sample()
-        if not isinstance(s, MosSample):
-            raise TypeError(f"{metric}.process expects MosSample data samples (or objects with "
-                            f"to_mos_sample()), got {type(s).__name__}")
-        out.append(s)
-    return out
 
 
 @METRICS.register_module()
@@ -54,7 +43,7 @@ class MosMetric(BaseMetric):
         self.ignore_unknown_ids = bool(ignore_unknown_ids)
 
     def process(self, data_batch: Any, data_samples: Sequence[Any]) -> None:
-        for s in _mos_samples(data_samples, type(self).__name__):
+        for s in coerce_samples(data_samples, MosSample, "to_mos_sample", type(self).__name__):
             self.results.append(MosFrameRecord(s.frame_id, s.stats(self.ignore_unknown_ids)))
 
     @staticmethod

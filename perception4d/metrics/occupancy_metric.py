@@ -18,6 +18,7 @@ from perception4d.errors import ConfigError
 from perception4d.metrics.occupancy import (DYNAMIC_THRESHOLD, OccupancyFrameStats, OccupancyResult,
                                             OccupancySample, occupancy_frame_stats, occupancy_result)
 from perception4d.metrics.rayiou import DEFAULT_THRESHOLDS, uniform_ray_directions
+from perception4d.metrics.samples import coerce_samples
 from perception4d.registry import METRICS
 
 
@@ -25,18 +26,6 @@ from perception4d.registry import METRICS
 class OccupancyFrameRecord:
     frame_id: str
     stats: OccupancyFrameStats
-
-
-def _occupancy_samples(data_samples: Sequence[Any], metric: str) -> list[OccupancySample]:
-    out = []
-    for s in data_samples:
-        if not isinstance(s, OccupancySample) and hasattr(s, "to_occupancy_sample"):
-            s = s.to_occupancy_sample()
-        if not isinstance(s, OccupancySample):
-            raise TypeError(f"{metric}.process expects OccupancySample data samples (or objects with "
-                            f"to_occupancy_sample()), got {type(s).__name__}")
-        out.append(s)
-    return out
 
 
 def _threshold_key(t: float) -> str:
@@ -89,7 +78,7 @@ class OccupancyMetric(BaseMetric):
                                      dynamic_threshold=self.dynamic_threshold)
 
     def process(self, data_batch: Any, data_samples: Sequence[Any]) -> None:
-        for s in _occupancy_samples(data_samples, type(self).__name__):
+        for s in coerce_samples(data_samples, OccupancySample, "to_occupancy_sample", type(self).__name__):
             self.results.append(OccupancyFrameRecord(s.frame_id, self.frame_stats(s)))
 
     def reduce(self, results: Sequence[OccupancyFrameRecord]) -> OccupancyResult:

@@ -48,6 +48,7 @@ import numpy as np
 
 from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_FREE, OCC_IGNORE
+from perception4d.ops.grid_dda import dda_axis_setup
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (1.0, 2.0, 4.0)
 
@@ -124,17 +125,6 @@ def _spherical(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- ray marching
-@nb.njit(cache=True)
-def _axis(o, d, t0, lo, v, n):
-    """DDA set-up along one axis at ray parameter t0: voxel index, step, next face t, t between faces."""
-    i = min(max(int(math.floor((o + t0 * d - lo) / v)), 0), n - 1)
-    if d > 1e-12:
-        return i, 1, (lo + (i + 1) * v - o) / d, v / d
-    if d < -1e-12:
-        return i, -1, (lo + i * v - o) / d, -v / d
-    return i, 0, np.inf, np.inf
-
-
 @nb.njit(parallel=True, cache=True)
 def _march(sem, origins, dirs, lower, vs, label, depth, entry):
     """First voxel with class != 0 along each ray: its class, exit distance and entry distance."""
@@ -156,9 +146,9 @@ def _march(sem, origins, dirs, lower, vs, label, depth, entry):
                 t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
         if not t0 < t1:
             continue
-        ix, sx, tx, dx = _axis(origins[r, 0], dirs[r, 0], t0, lower[0], vs[0], nx)
-        iy, sy, ty, dy = _axis(origins[r, 1], dirs[r, 1], t0, lower[1], vs[1], ny)
-        iz, sz, tz, dz = _axis(origins[r, 2], dirs[r, 2], t0, lower[2], vs[2], nz)
+        ix, sx, tx, dx = dda_axis_setup(origins[r, 0], dirs[r, 0], t0, lower[0], vs[0], nx)
+        iy, sy, ty, dy = dda_axis_setup(origins[r, 1], dirs[r, 1], t0, lower[1], vs[1], ny)
+        iz, sz, tz, dz = dda_axis_setup(origins[r, 2], dirs[r, 2], t0, lower[2], vs[2], nz)
         t_in = t0
         while True:
             c = sem[ix, iy, iz]

@@ -26,6 +26,7 @@ import numpy as np
 from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
 from perception4d.errors import DataFormatError
+from perception4d.ops.grid_dda import dda_axis_setup
 
 OCC3D_GEOMETRY = Geometry(point_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), voxel_size=(0.4, 0.4, 0.4))
 _GROW = 1e-3  # m: closed-set tolerance of the voxel/solid test
@@ -100,17 +101,6 @@ def _rasterize(prims, order, lower, vs, shape, owner):
                         owner[ix, iy, iz] = j
 
 
-@nb.njit(cache=True)
-def _axis_start(o, d, t0, lo, v, n):
-    """DDA set-up along one axis: voxel index, step, t of the next face, t between faces."""
-    i = min(max(int(math.floor((o + t0 * d - lo) / v)), 0), n - 1)
-    if d > 1e-12:
-        return i, 1, (lo + (i + 1) * v - o) / d, v / d
-    if d < -1e-12:
-        return i, -1, (lo + i * v - o) / d, -v / d
-    return i, 0, math.inf, math.inf
-
-
 @nb.njit(parallel=True, cache=True)
 def trace_visibility(origins, ends, lower, vs, shape, visible):
     """Mark the voxels crossed by each segment origin -> end (both included) in ``visible``."""
@@ -127,9 +117,9 @@ def trace_visibility(origins, ends, lower, vs, shape, visible):
                 t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
         if t0 > t1:
             continue
-        ix, sx, tx, dx = _axis_start(origins[r, 0], ends[r, 0] - origins[r, 0], t0, lower[0], vs[0], shape[0])
-        iy, sy, ty, dy = _axis_start(origins[r, 1], ends[r, 1] - origins[r, 1], t0, lower[1], vs[1], shape[1])
-        iz, sz, tz, dz = _axis_start(origins[r, 2], ends[r, 2] - origins[r, 2], t0, lower[2], vs[2], shape[2])
+        ix, sx, tx, dx = dda_axis_setup(origins[r, 0], ends[r, 0] - origins[r, 0], t0, lower[0], vs[0], shape[0])
+        iy, sy, ty, dy = dda_axis_setup(origins[r, 1], ends[r, 1] - origins[r, 1], t0, lower[1], vs[1], shape[1])
+        iz, sz, tz, dz = dda_axis_setup(origins[r, 2], ends[r, 2] - origins[r, 2], t0, lower[2], vs[2], shape[2])
         while True:
             visible[ix, iy, iz] = True
             if tx <= ty and tx <= tz:
