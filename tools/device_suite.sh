@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks on a CUDA machine (python3 with torch; spconv/mmengine from the device bundle).
-# Usage: [BENCH="voxelize flow"] [TRAIN_CONFIG=configs/flow_sparseunet_5f_sim.py TRAIN_ITERS=N TRAIN_LIMIT_S=380]
+# Usage: [BENCH="voxelize flow" (empty: none)] [TESTS=1] [TRAIN_CONFIG=configs/flow_sparseunet_5f_sim.py TRAIN_ITERS=N TRAIN_LIMIT_S=380]
 #        [DDP=1] tools/device_suite.sh OUT_DIR
 #   1. GPU tests (every network layer fp32 / fp16 / autocast, backward)  -> OUT/gpu_tests.log
 #   2. tools/benchmark.py B --device cuda for each B in BENCH (fp32, fp16, amp; profile)
@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 python3 -m pip install -q -e . --no-deps --no-build-isolation >/dev/null 2>&1 || echo "pip install -e failed"
 python3 -c "import torch, spconv, perception4d.ops; print('torch', torch.__version__, 'gpus', torch.cuda.device_count(), torch.cuda.get_device_name(0))"
 [ "${TESTS:-1}" = 1 ] && python3 -m pytest -q -p no:cacheprovider tests/models tests/ops 2>&1 | tail -8 | tee "$out/gpu_tests.log"
-for b in ${BENCH:-voxelize flow}; do
+for b in ${BENCH-voxelize flow}; do  # BENCH="" runs none
   if [ "$b" = voxelize ]; then
     python3 tools/benchmark.py voxelize --device cuda --repeats 50 2>&1 | grep -v Warning | tee "$out/bench_voxelize_cuda.md"
   else
