@@ -2,7 +2,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= test,ros,ray
+EXTRAS     ?= test,ros,ray,deploy
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= demo_out
