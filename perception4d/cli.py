@@ -150,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- infer -------------------------------------------------------------------------------------
 
 def _infer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=["flow", "mos"], default="flow")
+    p.add_argument("--task", choices=["flow", "mos", "occupancy"], default="flow")
     p.add_argument("--data", required=True, help="dataset root, sequence folder or AV2 log")
     p.add_argument("--format", default=None, help="semantickitti, av2 or nuscenes (default: detected)")
     p.add_argument("--out", required=True)
@@ -163,15 +163,25 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
                    help="largest time between consecutive sweeps before one counts as missing (default 0.25 s)")
     p.add_argument("--online", action="store_true", help="mos: write the newest-window prediction, not the fused one")
     p.add_argument("--refine", action="store_true", help="mos: instance-aware refinement of the written output")
+    p.add_argument("--gt", default=None, help="occupancy: ground-truth folder (p4d simulate / occupancy-gt layout) "
+                                              "to score against")
+    p.add_argument("--amp", action="store_true", help="occupancy: fp16 autocast on CUDA")
 
 
 @command("infer", _infer_args)
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Per-point scene flow (AV2 submission feathers) or MOS (SemanticKITTI .label files) + BEV pictures.
+    """Scene flow (AV2 submission feathers), MOS (SemanticKITTI .label) or occupancy (Occ3D .npz) + pictures.
 
     Bad input (a malformed file, timestamps that do not increase, a bad option, a checkpoint without
     the task's head) ends the run with one message on stderr and status 2 (see ``main``).
     """
+    if args.task == "occupancy":
+        from perception4d.tasks.occupancy_infer import print_occupancy_run, run_occupancy_inference
+
+        run = run_occupancy_inference(args.data, args.format, args.out, args.checkpoint, args.config, args.device,
+                                      args.pictures, args.gt, args.max_gap_s, amp=args.amp)
+        print_occupancy_run(run, args.out)
+        return 0
     if args.task == "mos":
         from perception4d.tasks.mos_infer import print_mos_run, run_mos_inference
 

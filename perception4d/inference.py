@@ -34,6 +34,7 @@ log = logging.getLogger("perception4d.inference")
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_FLOW = CHECKPOINT_DIR / "flow_sparseunet_5f_sim.pth"
 DEFAULT_MOS = CHECKPOINT_DIR / "mos_sparseunet_11f_sim.pth"
+DEFAULT_OCCUPANCY = CHECKPOINT_DIR / "occ_sparseunet_5f_sim.pth"
 
 
 @dataclass

@@ -325,6 +325,16 @@ def bench_mos(args: argparse.Namespace) -> None:
     bench_network(args, "mos")
 
 
+def _configure_occupancy(p: argparse.ArgumentParser) -> None:
+    _configure_network(p, "occ_sparseunet_5f_sim.py", "hdl64e")
+
+
+@command("occupancy", "semantic occupancy end to end (5 sweeps -> the head's grid; --config "
+         "configs/occssc_sparseunet_5f_sim.py for the SSC grid), fp32 and fp16", _configure_occupancy)
+def bench_occupancy(args: argparse.Namespace) -> None:
+    bench_network(args, "occupancy")
+
+
 def bench_network(args: argparse.Namespace, task: str) -> None:
     """One window of ``geometry.num_frames`` simulated sweeps through the network of ``args.config``."""
     from mmengine.config import Config
@@ -388,8 +398,10 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
         _profile_flow(fp32_model, sample, device, args.profile)
     ref = None if task != "flow" else next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)),
                                            None)
+    head_grid = getattr(fp32_model.heads[task], "grid", None) if task in fp32_model.heads else None
     print(f"## {task}: {geometry.num_frames} sweeps of the simulated {args.preset} sensor ({n_points} points, "
-          f"{nvox} voxels), grid {geometry.spatial_shape}, {params} parameters")
+          f"{nvox} voxels), grid {geometry.spatial_shape}, {params} parameters"
+          + (f"; output grid {head_grid.grid_shape} at {head_grid.voxel_size[0]} m" if head_grid is not None else ""))
     print(environment_line(device))
     print()
     headers = ["precision", "ms / frame", "voxelize", "encoder", "backbone", "head", "peak memory (MiB)",

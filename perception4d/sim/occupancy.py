@@ -196,13 +196,15 @@ def occupancy_meta(geometry: Geometry) -> dict:
 
 
 def load_occupancy(path: str | Path, geometry: Geometry) -> OccupancyGT:
-    """Read one ``.npz`` written by ``save_occupancy``; shapes are checked against ``geometry``."""
+    """Read one ``.npz`` written by ``save_occupancy`` (or a prediction of ``p4d infer --task occupancy``, whose
+    velocity array is named ``flow``); shapes are checked against ``geometry``."""
     path = Path(path)
     with np.load(path) as z:
-        missing = {"semantics", "mask_lidar", "velocity"} - set(z.files)
+        vel_key = "velocity" if "velocity" in z.files else "flow"  # predictions name it "flow" (Occ3D style)
+        missing = {"semantics", "mask_lidar", vel_key} - set(z.files)
         if missing:
             raise DataFormatError(path, f"missing arrays {sorted(missing)}; it has {z.files}")
-        sem, vis, vel = z["semantics"], z["mask_lidar"].astype(bool), z["velocity"]
+        sem, vis, vel = z["semantics"], z["mask_lidar"].astype(bool), z[vel_key]
     shape = tuple(geometry.grid_shape)
     if sem.shape != shape or vis.shape != shape or vel.shape != shape + (3,):
         raise DataFormatError(path, f"arrays of shapes {sem.shape}, {vis.shape}, {vel.shape} do not "

@@ -342,3 +342,22 @@ def test_class_weights_follow_the_inverse_log_frequency_rule():
     np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
     fixed = OccupancyHead(16, grid=GRID, class_weights=[2.0] * len(OCC_CLASSES))
     assert fixed.class_weights(labels).tolist() == [2.0] * len(OCC_CLASSES)
+
+
+def test_flow_mos_and_occupancy_heads_share_one_backbone_from_the_multitask_config(seq):
+    cfg = _cfg("flowmosocc_sparseunet_5f_sim.py")
+    model = _model(cfg)
+    assert set(model.heads) == {"flow", "mos", "occupancy"}
+    samples = _samples(seq, ends=(3,), tasks=("flow", "mos", "occupancy"))
+    data = model.data_preprocessor({"inputs": samples}, training=True)
+    losses = model(**data, mode="loss")
+    assert {"loss_flow", "loss_mos", "loss_occ_ce"} <= set(losses)
+    _total(losses).backward()
+    for head in model.heads.values():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    model.eval()
+    with torch.no_grad():
+        r = model(**model.data_preprocessor({"inputs": samples}), mode="predict")[0]
+    r.to_flow_sample()
+    r.to_mos_sample()
+    assert r.to_occupancy_sample().frame_id == seq.frames[3].frame_id
