@@ -295,8 +295,9 @@ def _configure_network(p: argparse.ArgumentParser, config: str, preset: str) -> 
                                                     "hdl64e (KITTI, ~130k)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--precision", default="fp32,fp16,amp",
+    p.add_argument("--precision", default="fp32,fp16,amp,fp32+fused,fp16+fused",
                    help="comma list: fp32; fp16 (half weights and features); amp (fp32 weights under autocast); "
+                        "'+fused': the network fused for inference (perception4d.models.fuse); "
                         "fp16/amp on CUDA only")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--profile", metavar="FILE", help="also write a torch.profiler table (top ops, fp32) to FILE")
@@ -342,6 +343,7 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
     from perception4d.core import Geometry, Window
     from perception4d.datasets.sample import build_window_sample
     from perception4d.models import build_model
+    from perception4d.models.fuse import fuse_for_inference
     from perception4d.sim import simulate
     from perception4d.utils.timing import StageTimer
 
@@ -358,13 +360,15 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
     sample = build_window_sample(Window(tuple(seq.frames)), geometry, "bench", with_targets=False, tasks=(task,))
     n_points = len(sample.aligned.points)
     params = sum(p.numel() for p in model.parameters())
-    precisions = [p for p in args.precision.split(",") if p == "fp32" or device.type == "cuda"]
+    precisions = [p for p in args.precision.split(",") if p.split("+")[0] == "fp32" or device.type == "cuda"]
     fp32_model = model
     rows = []
     nvox = 0
     for prec in precisions:
-        amp = prec == "amp"
-        model = copy.deepcopy(fp32_model).half() if prec == "fp16" else fp32_model
+        base, fused = prec.split("+")[0], prec.endswith("+fused")
+        amp = base == "amp"
+        model = fuse_for_inference(fp32_model) if fused else fp32_model
+        model = copy.deepcopy(model).half() if base == "fp16" else model
 
         def run(timer=None):
             model.timer = timer or model.timer

@@ -1,0 +1,167 @@
+"""Inference-time fusion of the sparse U-Net: BatchNorm folded into the convolutions, bias and ReLU fused.
+
+At inference a BatchNorm is an affine map per channel, so
+``BN(W x) = (s * W) x + (beta - s * mean)`` with ``s = gamma / sqrt(var + eps)``:
+every conv / linear followed by a BatchNorm becomes one conv / linear with a
+bias. On CUDA spconv applies that bias and the ReLU inside its implicit-GEMM
+kernel (``act_type``), so a block's spatial and temporal convolutions are one
+kernel each instead of conv + batch_norm + relu. The residual of a
+Spatio-Temporal Decomposition Block is folded into its (1,1,1,1) fusion
+(``W [x, s, t] + x = (W + [I 0 0]) [x, s, t]``), removing the add.
+
+The network is host-bound on GPUs (hundreds of small kernels per frame), so
+fewer launches is the lever; the arithmetic is identical up to rounding
+(tests compare against the unfused network on CPU and GPU).
+
+``fuse_for_inference(model)`` returns a fused copy (the original is left as
+it is) that cannot be trained.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from perception4d.models.backbone_spconv import Down, SparseUNet4D, STDBlock, Up
+from perception4d.models.encoder import PointEncoder
+from perception4d.models.spconv_utils import import_spconv
+
+spconv = import_spconv()
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm, float64 for exact folding."""
+    var = bn.running_var.double()
+    scale = bn.weight.double() / torch.sqrt(var + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    return scale, shift
+
+
+def fold_linear(linear: nn.Linear, bn: nn.BatchNorm1d, residual: int | None = None) -> nn.Linear:
+    """``bn(linear(x))`` (+ ``x[:, :residual]`` when given) as one Linear with a bias."""
+    scale, shift = _bn_affine(bn)
+    w = linear.weight.double() * scale[:, None]
+    b = shift + (linear.bias.double() * scale if linear.bias is not None else 0.0)
+    if residual is not None:
+        if residual != w.shape[0]:
+            raise ValueError(f"residual of {residual} channels cannot add to {w.shape[0]} outputs")
+        w[:, :residual] += torch.eye(residual, dtype=w.dtype, device=w.device)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=True).to(linear.weight.device)
+    with torch.no_grad():
+        out.weight.copy_(w.to(linear.weight.dtype))
+        out.bias.copy_(b.to(linear.weight.dtype))
+    return out
+
+
+def fold_sparse_conv(conv, bn: nn.BatchNorm1d):
+    """A copy of the spconv layer ``conv`` with ``bn`` folded into its weights (KRSC: out channels first) and bias."""
+    scale, shift = _bn_affine(bn)
+    new = copy.deepcopy(conv)
+    w = conv.weight.double()
+    w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+    b = shift + (conv.bias.double() * scale if conv.bias is not None else 0.0)
+    with torch.no_grad():
+        new.weight.copy_(w.to(conv.weight.dtype))
+        new.bias = nn.Parameter(b.to(conv.weight.dtype))
+    return new
+
+
+def _conv_relu(conv, x):
+    """conv + bias + ReLU: fused inside spconv's kernel on CUDA; spconv's CPU path supports neither a fused
+    bias nor an activation, so there the bias and ReLU follow the convolution."""
+    from cumm import tensorview as tv
+
+    if x.features.is_cuda:
+        conv.act_type = tv.gemm.Activation.ReLU
+        return conv(x)
+    none = tv.gemm.Activation.None_
+    y = conv._conv_forward(conv.training, x, conv.weight, None, None, name=conv.name,
+                           sparse_unique_name=conv._sparse_unique_name, act_type=none, act_alpha=0.0, act_beta=0.0)
+    return y.replace_feature(torch.relu(y.features + conv.bias))
+
+
+class FusedSTDBlock(nn.Module):
+    def __init__(self, block: STDBlock):
+        super().__init__()
+        c = block.bn_fuse.num_features
+        self.space = fold_sparse_conv(block.space, block.bn_space)
+        self.time = fold_sparse_conv(block.time, block.bn_time)
+        self.fuse = fold_linear(block.fuse, block.bn_fuse, residual=c)
+
+    def forward(self, x):
+        xs = _conv_relu(self.space, x)
+        xt = _conv_relu(self.time, xs.replace_feature(x.features))
+        f = self.fuse(torch.cat([x.features, xs.features, xt.features], dim=1))
+        return xt.replace_feature(torch.relu_(f))
+
+
+class FusedDown(nn.Module):
+    def __init__(self, down: Down):
+        super().__init__()
+        self.conv = fold_sparse_conv(down.conv, down.bn)
+
+    def forward(self, x):
+        return _conv_relu(self.conv, x)
+
+
+class FusedUp(nn.Module):
+    def __init__(self, up: Up):
+        super().__init__()
+        self.conv = fold_sparse_conv(up.conv, up.bn)
+        self.fuse = fold_linear(up.fuse, up.bn_fuse)
+
+    def forward(self, x, skip):
+        x = _conv_relu(self.conv, x)
+        return x.replace_feature(torch.relu_(self.fuse(torch.cat([x.features, skip.features], 1))))
+
+
+def _fuse_mlp(seq: nn.Sequential) -> nn.Sequential:
+    """Linear/BN/ReLU runs of an ``nn.Sequential`` -> Linear(+bias)/ReLU."""
+    mods = list(seq)
+    out = []
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, nn.Linear) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm1d):
+            out.append(fold_linear(m, mods[i + 1]))
+            i += 2
+        else:
+            out.append(m)
+            i += 1
+    return nn.Sequential(*out)
+
+
+def fuse_backbone(backbone: SparseUNet4D) -> SparseUNet4D:
+    """In place: every block of ``backbone`` replaced by its fused form."""
+    backbone.stem = _fuse_mlp(backbone.stem)
+    backbone.enc = nn.ModuleList(nn.Sequential(*[FusedSTDBlock(b) for b in seq]) for seq in backbone.enc)
+    backbone.dec = nn.ModuleList(FusedSTDBlock(b) for b in backbone.dec)
+    backbone.down = nn.ModuleList(FusedDown(d) for d in backbone.down)
+    backbone.up = nn.ModuleList(FusedUp(u) for u in backbone.up)
+    return backbone
+
+
+def _no_train(self, mode: bool = True):
+    if mode:
+        raise RuntimeError("a network fused for inference cannot be trained: fuse a copy of the trained network")
+    return nn.Module.train(self, False)
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A fused, eval-mode copy of a ``Perception4DNet`` (its encoder MLP and a ``SparseUNet4D`` backbone).
+
+    Other backbones and the heads are copied unchanged. The copy refuses ``.train()``.
+    """
+    from perception4d.models.spconv_utils import guard_spconv_dtypes
+
+    fused = copy.deepcopy(model).eval()
+    if isinstance(fused.encoder, PointEncoder):
+        fused.encoder.mlp = _fuse_mlp(fused.encoder.mlp)
+    if isinstance(fused.backbone, SparseUNet4D):
+        fuse_backbone(fused.backbone)
+    guard_spconv_dtypes(fused)
+    fused._algo_device = None  # re-select spconv algorithms for the new layers on the next forward
+    fused.train = _no_train.__get__(fused)
+    return fused
