@@ -33,6 +33,9 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="hdl64e", help="hdl64e (KITTI), hdl32e (nuScenes), vlp32c_x2 (AV2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-occupancy", action="store_true", help="skip the ground-truth occupancy grids")
+    p.add_argument("--terrain", default="flat", choices=("flat", "urban"),
+                   help="ground: flat plane, or urban terrain (relief, cambered road, curbs, roughness)")
+    p.add_argument("--dropout", type=float, default=0.0, help="probability that a LiDAR return is lost")
 
 
 @command("simulate", _simulate_args)
@@ -40,11 +43,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate a LiDAR sequence with ground truth and write it in SemanticKITTI and AV2 layouts."""
     import time
 
-    from perception4d.sim import simulate, write_dataset
+    from perception4d.sim import get_preset, simulate, write_dataset
 
     t0 = time.perf_counter()
     kw = {"occupancy": None} if args.no_occupancy else {}
-    seq = simulate(preset=args.preset, num_frames=args.frames, seed=args.seed, **kw)
+    preset = get_preset(args.preset)
+    if args.dropout:
+        preset = preset.with_overrides(dropout_prob=args.dropout)
+    seq = simulate(preset=preset, num_frames=args.frames, seed=args.seed, terrain=args.terrain, **kw)
     paths = write_dataset(seq, args.out)
     n = sum(f.num_points for f in seq.frames)
     print(f"simulated {len(seq.frames)} frames ({n} points, preset {args.preset}, seed {args.seed}) "

@@ -157,13 +157,14 @@ class SimWindowDataset(WindowDataset):
     """Sequences from the built-in LiDAR simulator, generated at construction: one per (seed, preset).
 
     With ``"occupancy"`` in ``tasks`` each frame is simulated with occupancy ground truth on
-    ``occupancy_grid`` (``point_range``, ``voxel_size``; ego frame).
+    ``occupancy_grid`` (``point_range``, ``voxel_size``; ego frame). ``terrain``: ``"flat"``,
+    ``"urban"`` or a dict of ``perception4d.sim.TerrainConfig`` fields.
     """
 
     def __init__(self, geometry: dict, seeds: Sequence[int] = (0,), frames_per_sequence: int = 10,
                  preset: str | Sequence[str] = "hdl64e", preset_overrides: dict | None = None,
                  tasks: Sequence[str] = ("flow",), augment: dict | None = None, short_window_prob: float = 0.0,
-                 occupancy_grid: dict | None = None):
+                 occupancy_grid: dict | None = None, terrain: str | dict = "flat"):
         from dataclasses import replace
 
         from perception4d.sim import get_preset, simulate
@@ -179,7 +180,8 @@ class SimWindowDataset(WindowDataset):
         for name in presets:
             sensor = replace(get_preset(name), **(preset_overrides or {}))
             for seed in seeds:
-                seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=grid)
+                seq = simulate(preset=sensor, num_frames=frames_per_sequence, seed=int(seed), occupancy=grid,
+                               terrain=terrain)
                 readers.append(FrameListReader(seq.frames, f"sim_{name}_{seed}"))
                 occupancy.append(seq.occupancy)
         log.info("simulated %d sequences x %d frames (%s)", len(readers), frames_per_sequence, ", ".join(presets))

@@ -1,6 +1,7 @@
 """Planar rigid motion of scene objects and of the ego vehicle (closed form, exact at any time).
 
-Every object moves on the ground plane: its reference point (x, y) and heading
+Every object moves in the horizontal plane (its height follows the ground
+under it, see ``Scene.object_z``): its reference point (x, y) and heading
 ``yaw`` follow one of three models chosen by its parameters:
 
 * static: speed = accel = yaw_rate = 0;
@@ -112,7 +113,7 @@ class EgoPath:
         return x, y, yaw
 
     def pose(self, t: float) -> SE3:
-        """world_T_ego at time t (ego origin on the ground, z = 0)."""
+        """world_T_ego at time t on flat ground (ego origin at z = 0; ``Scene.ego_pose`` covers terrain)."""
         x, y, yaw = self.state(np.asarray(t))
         return SE3.from_yaw(float(yaw), (float(x), float(y), 0.0))
 

@@ -3,8 +3,17 @@
 * ``semantics``: a voxel holds the compact class (``perception4d.core.labels.OCC_CLASSES``)
   of the primitive volumes it intersects (closed voxel box against the closed
   solid, grown by 1 mm), occluded space included. The ground is the solid
-  half-space z <= 0. Where several volumes meet, the higher ``KindInfo.priority``
-  wins (ground lowest, movable objects highest).
+  half-space z <= 0, or everything below the terrain surface (see below).
+  Where several volumes meet, the higher ``KindInfo.priority`` wins (ground
+  lowest, movable objects highest).
+* On terrain the grid (ego frame) is tilted against the upright primitives:
+  each voxel is tested as its bounding box in the level frame (a few mm to
+  2 cm larger per side at the ego's pitch and roll), and it is ground when the
+  surface lies above one of its bottom corners, found per grid vertex line
+  (``ground_levels``), with a margin of the surface's curvature bound over the
+  bottom face (5 mm for 0.4 m voxels): exact for the smooth surface, while a
+  curb's top edge crossing a bottom face between corners may poke up to a few
+  cm into a voxel left free.
 * ``visible``: voxels crossed by a segment from a ray's origin to its return
   (3-D DDA, Amanatides & Woo), the return's voxel and the origin's voxel.
   Rays without a return mark nothing.
@@ -25,8 +34,11 @@ import numpy as np
 
 from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
+from perception4d.core.se3 import SE3
 from perception4d.errors import DataFormatError
 from perception4d.ops.grid_dda import dda_axis_setup
+from perception4d.sim.heightfield import CURV, ground_levels
+from perception4d.sim.terrain import Terrain
 
 OCC3D_GEOMETRY = Geometry(point_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), voxel_size=(0.4, 0.4, 0.4))
 _GROW = 1e-3  # m: closed-set tolerance of the voxel/solid test
@@ -101,6 +113,45 @@ def _rasterize(prims, order, lower, vs, shape, owner):
                         owner[ix, iy, iz] = j
 
 
+@nb.njit(cache=True)
+def _rasterize_tilted(prims, order, lower, vs, shape, owner, rot, trans):
+    """``_rasterize`` for a grid tilted against the primitives' frame: p_level = rot @ p_grid + trans."""
+    for j in order:
+        p = prims[j]
+        if p[0] == 0:
+            ex = abs(p[7]) * p[4] + abs(p[8]) * p[5]
+            ey = abs(p[8]) * p[4] + abs(p[7]) * p[5]
+        else:
+            ex = ey = p[4]
+        half = (ex + _GROW, ey + _GROW, p[6] + _GROW)
+        lo = np.empty(3)
+        hi = np.empty(3)
+        for k in range(3):  # the primitive's box in grid coordinates: rot^T (c - trans) +- |rot|^T half
+            c = (rot[0, k] * (p[1] - trans[0]) + rot[1, k] * (p[2] - trans[1]) + rot[2, k] * (p[3] - trans[2]))
+            r = abs(rot[0, k]) * half[0] + abs(rot[1, k]) * half[1] + abs(rot[2, k]) * half[2]
+            lo[k], hi[k] = c - r, c + r
+        i0 = max(0, int(math.floor((lo[0] - lower[0]) / vs[0])))
+        i1 = min(shape[0] - 1, int(math.floor((hi[0] - lower[0]) / vs[0])))
+        j0 = max(0, int(math.floor((lo[1] - lower[1]) / vs[1])))
+        j1 = min(shape[1] - 1, int(math.floor((hi[1] - lower[1]) / vs[1])))
+        k0 = max(0, int(math.floor((lo[2] - lower[2]) / vs[2])))
+        k1 = min(shape[2] - 1, int(math.floor((hi[2] - lower[2]) / vs[2])))
+        bx = abs(rot[0, 0]) * vs[0] + abs(rot[0, 1]) * vs[1] + abs(rot[0, 2]) * vs[2]
+        by = abs(rot[1, 0]) * vs[0] + abs(rot[1, 1]) * vs[1] + abs(rot[1, 2]) * vs[2]
+        bz = abs(rot[2, 0]) * vs[0] + abs(rot[2, 1]) * vs[1] + abs(rot[2, 2]) * vs[2]
+        for ix in range(i0, i1 + 1):
+            gx = lower[0] + (ix + 0.5) * vs[0]
+            for iy in range(j0, j1 + 1):
+                gy = lower[1] + (iy + 0.5) * vs[1]
+                for iz in range(k0, k1 + 1):
+                    gz = lower[2] + (iz + 0.5) * vs[2]
+                    cx = rot[0, 0] * gx + rot[0, 1] * gy + rot[0, 2] * gz + trans[0]
+                    cy = rot[1, 0] * gx + rot[1, 1] * gy + rot[1, 2] * gz + trans[1]
+                    cz = rot[2, 0] * gx + rot[2, 1] * gy + rot[2, 2] * gz + trans[2]
+                    if _overlaps(p, cx - 0.5 * bx, cy - 0.5 * by, cz - 0.5 * bz, bx, by, bz):
+                        owner[ix, iy, iz] = j
+
+
 @nb.njit(parallel=True, cache=True)
 def trace_visibility(origins, ends, lower, vs, shape, visible):
     """Mark the voxels crossed by each segment origin -> end (both included) in ``visible``."""
@@ -150,16 +201,34 @@ def trace_visibility(origins, ends, lower, vs, shape, visible):
             visible[ex, ey, ez] = True
 
 
-def rasterize_owner(prims: np.ndarray, priority: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(X, Y, Z) int64 owner primitive per voxel: index, ``GROUND_OWNER`` or ``NO_OWNER``."""
+def rasterize_owner(prims: np.ndarray, priority: np.ndarray, geometry: Geometry, terrain: Terrain | None = None,
+                    world_T_ego: SE3 | None = None, level_T_ego: SE3 | None = None) -> np.ndarray:
+    """(X, Y, Z) int64 owner primitive per voxel: index, ``GROUND_OWNER`` or ``NO_OWNER``.
+
+    Flat ground: ``prims`` in the ego frame. Terrain: ``prims`` in the level
+    frame, placed by ``level_T_ego``; ``world_T_ego`` places the grid on the terrain.
+    """
     shape = np.asarray(geometry.grid_shape, np.int64)
     lower = np.asarray(geometry.point_range[:3], np.float64)
     vs = np.asarray(geometry.voxel_size, np.float64)
     owner = np.full(tuple(shape), NO_OWNER, np.int64)
-    ground_layers = int(np.clip(np.floor((0.0 + _GROW - lower[2]) / vs[2]) + 1, 0, shape[2]))
-    owner[:, :, :ground_layers] = GROUND_OWNER
     order = np.argsort(priority, kind="stable").astype(np.int64)
-    _rasterize(np.ascontiguousarray(prims, np.float64), order, lower, vs, shape, owner)
+    prims = np.ascontiguousarray(prims, np.float64)
+    if terrain is None or terrain.is_flat:
+        ground_layers = int(np.clip(np.floor((0.0 + _GROW - lower[2]) / vs[2]) + 1, 0, shape[2]))
+        owner[:, :, :ground_layers] = GROUND_OWNER
+        _rasterize(prims, order, lower, vs, shape, owner)
+        return owner
+    if world_T_ego is None or level_T_ego is None:
+        raise ValueError("rasterize_owner: terrain needs world_T_ego and level_T_ego")
+    xs = lower[0] + np.arange(shape[0] + 1) * vs[0]
+    ys = lower[1] + np.arange(shape[1] + 1) * vs[1]
+    tol = _GROW + terrain.scalars[CURV] * (vs[0] ** 2 + vs[1] ** 2) / 8.0
+    level = ground_levels(terrain.scalars, terrain.waves, world_T_ego.rotation, world_T_ego.translation, xs, ys, tol)
+    top = np.maximum(np.maximum(level[:-1, :-1], level[1:, :-1]), np.maximum(level[:-1, 1:], level[1:, 1:]))
+    layers = np.clip(np.floor((top - lower[2]) / vs[2]) + 1, 0, shape[2]).astype(np.int64)
+    owner[np.arange(shape[2])[None, None, :] < layers[:, :, None]] = GROUND_OWNER
+    _rasterize_tilted(prims, order, lower, vs, shape, owner, level_T_ego.rotation, level_T_ego.translation)
     return owner
 
 

@@ -5,6 +5,13 @@ usable range, the mounting height above the ground, the rotation rate (one
 sweep per revolution, so the frame rate) and the range noise. A second stacked
 unit (Argoverse 2's two VLP-32C) shares the azimuth step and rate and sits
 ``second_unit_dz`` metres above (positive) or below (negative) the first one.
+
+Range noise is Gaussian along the ray with the datasheet accuracy (2 cm
+HDL-64E / HDL-32E, 3 cm VLP-32C). Real sensors also miss returns (dark or
+specular surfaces, interference); ``dropout_prob`` drops each return
+independently with that probability. It is 0 in the presets so their output
+stays as it was; a few per cent (``with_overrides(dropout_prob=0.03)``)
+resembles real scans.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class LidarPreset:
     range_noise_sigma: float
     second_elevation_deg: tuple[float, ...] | None = None
     second_unit_dz: float = 0.0  # second unit origin minus first unit origin, along z
+    dropout_prob: float = 0.0  # probability that a return is lost
 
     def __post_init__(self):
         object.__setattr__(self, "elevation_deg", tuple(float(e) for e in self.elevation_deg))
@@ -55,6 +63,8 @@ class LidarPreset:
                               f"got {self.min_range}, {self.max_range}")
         if self.rotation_rate_hz <= 0 or self.range_noise_sigma < 0:
             raise ConfigError(f"{where}: rotation_rate_hz must be > 0 and range_noise_sigma >= 0")
+        if not 0.0 <= self.dropout_prob < 1.0:
+            raise ConfigError(f"{where}: dropout_prob must be in [0, 1), got {self.dropout_prob}")
         if self.mount_height <= 0 or self.mount_height + min(0.0, self.second_unit_dz) <= 0:
             raise ConfigError(f"{where}: every unit must sit above the ground (mount_height > 0)")
 

@@ -1,12 +1,15 @@
 """Ray casting against the scene primitives (numba, one thread per ray).
 
 Primitives are rows ``(shape, cx, cy, cz, hx, hy, hz, cos yaw, sin yaw)``
-(see ``Scene.primitives_in_ego``) plus the ground plane z = 0. Each ray keeps
-its nearest intersection with t > 0; a ray whose nearest surface lies outside
-``[min_range, max_range]`` gives no return (a surface closer than
-``min_range`` blocks the beam). To keep the cost per ray low, primitives are
-binned by the azimuth sectors their bounding circles cover as seen from the
-sensor axis (x = y = 0; every unit of a preset sits on it).
+(see ``Scene.primitives_in_level``) plus the ground: the plane z = 0, or a
+terrain height field (``perception4d.sim.heightfield.march_rays``), searched up to
+the nearest primitive hit. Each ray keeps its nearest intersection with t > 0;
+a ray whose nearest surface lies outside ``[min_range, max_range]`` gives no
+return (a surface closer than ``min_range`` blocks the beam). To keep the cost
+per ray low, primitives are binned by the azimuth sectors their bounding
+circles cover as seen from the axis x = y = 0, grown by the largest
+horizontal distance of a ray origin from that axis (0 for a level sensor; a
+few cm when the ego is tilted on terrain).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import math
 
 import numba as nb
 import numpy as np
+
+from perception4d.sim.heightfield import march_rays
+from perception4d.sim.terrain import Terrain
 
 NO_HIT = -2
 GROUND = -1
@@ -96,19 +102,25 @@ def _spheroid(p, ox, oy, oz, dx, dy, dz):
 
 
 @nb.njit(cache=True)
-def build_sectors(prims, max_range, num_sectors):
-    """CSR lists (start (S+1,), items) of the primitives each azimuth sector may hit."""
+def build_sectors(prims, max_range, num_sectors, origin_radius=0.0):
+    """CSR lists (start (S+1,), items) of the primitives each azimuth sector may hit.
+
+    A ray from an origin within ``origin_radius`` of the axis that meets a
+    bounding circle of radius rb runs parallel to, and within
+    ``origin_radius`` of, an axis ray meeting the circle grown to
+    rb + ``origin_radius``; so growing the circles keeps the binning exact.
+    """
     n = prims.shape[0]
     lo = np.zeros(n, np.int64)
     hi = np.full(n, -1, np.int64)
     width = 2.0 * math.pi / num_sectors
     for j in range(n):
         p = prims[j]
-        rb = math.sqrt(p[4] * p[4] + p[5] * p[5]) if p[0] == 0 else p[4]
+        rb = (math.sqrt(p[4] * p[4] + p[5] * p[5]) if p[0] == 0 else p[4]) + origin_radius
         d = math.sqrt(p[1] * p[1] + p[2] * p[2])
         if d - rb > max_range:
             continue
-        if d <= rb + 1e-6:
+        if d <= rb + origin_radius + 1e-6:
             lo[j], hi[j] = 0, num_sectors - 1
             continue
         center = math.atan2(p[2], p[1]) + math.pi
@@ -131,8 +143,11 @@ def build_sectors(prims, max_range, num_sectors):
 
 
 @nb.njit(parallel=True, cache=True)
-def cast_rays(origins, dirs, prims, sector_start, sector_items, min_range, max_range):
-    """Nearest hit per ray: range (inf: none), primitive index (-1 ground, -2 none), |cos incidence|."""
+def cast_rays(origins, dirs, prims, sector_start, sector_items, min_range, max_range, plane=True):
+    """Nearest hit per ray: range (inf: none), primitive index (-1 ground, -2 none), |cos incidence|.
+
+    ``plane``: the ground is the plane z = 0 (else no ground: the terrain pass adds it).
+    """
     num = origins.shape[0]
     num_sectors = sector_start.shape[0] - 1
     width = 2.0 * math.pi / num_sectors
@@ -143,7 +158,7 @@ def cast_rays(origins, dirs, prims, sector_start, sector_items, min_range, max_r
         ox, oy, oz = origins[i, 0], origins[i, 1], origins[i, 2]
         dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
         best, who, cosi = math.inf, NO_HIT, 0.0
-        if dz < -1e-12:
+        if plane and dz < -1e-12:
             best, who, cosi = -oz / dz, GROUND, -dz
         s = int(math.floor((math.atan2(dy, dx) + math.pi) / width))
         s = min(max(s, 0), num_sectors - 1)
@@ -164,13 +179,26 @@ def cast_rays(origins, dirs, prims, sector_start, sector_items, min_range, max_r
 
 
 def raycast(origins: np.ndarray, dirs: np.ndarray, prims: np.ndarray, min_range: float, max_range: float,
-            num_sectors: int = NUM_SECTORS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cast rays (origins, unit dirs (R, 3) float64, ego frame) against ``prims`` (P, 9) and the ground.
+            num_sectors: int = NUM_SECTORS, terrain: Terrain | None = None,
+            frame: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cast rays (origins, unit dirs (R, 3) float64) against ``prims`` (P, 9) and the ground.
 
-    Returns range (R,) (inf for no return), primitive index (R,) int64 (-1 ground, -2 no return)
-    and the cosine of the incidence angle (R,).
+    Rays and primitives share one frame with z up: the ego frame on flat
+    ground, the level frame (``Scene.level_T_ego``) on terrain, placed in the
+    world by ``frame`` = (x, y, yaw) so that the terrain can be evaluated.
+    Returns range (R,) (inf for no return), primitive index (R,) int64 (-1
+    ground, -2 no return) and the cosine of the incidence angle (R,).
     """
     prims = np.ascontiguousarray(prims, dtype=np.float64)
-    start, items = build_sectors(prims, float(max_range), int(num_sectors))
-    return cast_rays(np.ascontiguousarray(origins, np.float64), np.ascontiguousarray(dirs, np.float64), prims,
-                     start, items, float(min_range), float(max_range))
+    origins = np.ascontiguousarray(origins, np.float64)
+    radius = float(np.hypot(origins[:, 0], origins[:, 1]).max()) if len(origins) else 0.0
+    start, items = build_sectors(prims, float(max_range), int(num_sectors), radius)
+    dirs = np.ascontiguousarray(dirs, np.float64)
+    if terrain is None or terrain.is_flat:
+        return cast_rays(origins, dirs, prims, start, items, float(min_range), float(max_range))
+    # primitives first (ungated), then the ground marched up to each primitive hit, then the range gate
+    best, who, cosi = cast_rays(origins, dirs, prims, start, items, 0.0, math.inf, False)
+    where = np.array([frame[0], frame[1], np.cos(frame[2]), np.sin(frame[2])])
+    march_rays(origins, dirs, best, who, cosi, terrain.scalars, terrain.waves, where, float(min_range),
+               float(max_range))
+    return best, who, cosi

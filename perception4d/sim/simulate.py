@@ -5,9 +5,13 @@ against the scene frozen at t_i (no rolling-shutter distortion, no per-point
 time offsets). Points are returned in the sensor frame (x forward, y left,
 z up); the sensor sits at (0, 0, mount_height) in the ego frame, so
 ``extrinsic`` (ego_T_sensor) is that translation, and ``pose`` is world_T_ego
-with the ego origin on the ground. Range noise is added along the ray after
-the range gate; the flow of a noisy point is the rigid motion of the surface
-it was measured on applied to the point itself.
+with the ego origin on the ground (on terrain: tilted with it, see
+``Scene.ego_pose``). Range noise is added along the ray after the range gate;
+the flow of a noisy point is the rigid motion of the surface it was measured
+on applied to the point itself (objects on terrain also rise and sink with
+the ground under them). With ``LidarPreset.dropout_prob`` > 0 each return is
+lost with that probability (drawn from its own stream, so the other random
+draws do not change).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from perception4d.core.geometry import Geometry
 from perception4d.core.labels import is_moving, occupancy_class
 from perception4d.core.se3 import SE3
 from perception4d.errors import ConfigError
+from perception4d.sim.layout import generate_scene
 from perception4d.sim.motion import motion_velocities
 from perception4d.sim.occupancy import GROUND_OWNER, OCC3D_GEOMETRY, OccupancyGT, rasterize_owner, visibility
 from perception4d.sim.presets import LidarPreset, get_preset
 from perception4d.sim.raycast import raycast
-from perception4d.sim.scene import Scene, generate_scene
+from perception4d.sim.scene import Scene
+from perception4d.sim.terrain import TerrainConfig
 
 COLUMNS = ("x", "y", "z", "intensity", "ring")
 _GROUND_REFLECTIVITY = np.zeros(256)
@@ -52,12 +58,12 @@ class SimSequence:
 
     def ego_pose(self, index: int) -> SE3:
         """world_T_ego at frame ``index``; ``index == len(self)`` gives the extrapolated next pose."""
-        return self.scene.ego.pose(self.time_s(index))
+        return self.scene.ego_pose(self.time_s(index))
 
 
 def _rigid_move(xyz_ego: np.ndarray, who: np.ndarray, scene: Scene, t0: float, t1: float) -> np.ndarray:
     """Points (ego(t0) frame) on primitive ``who`` (-1 ground) carried to t1, in ego(t1) coordinates."""
-    e0, e1 = scene.ego.pose(t0), scene.ego.pose(t1)
+    e0, e1 = scene.ego_pose(t0), scene.ego_pose(t1)
     world = e0.transform_points(xyz_ego.astype(np.float64))
     x0, y0, yaw0 = scene.states(t0)
     x1, y1, yaw1 = scene.states(t1)
@@ -69,12 +75,17 @@ def _rigid_move(xyz_ego: np.ndarray, who: np.ndarray, scene: Scene, t0: float, t
     c1, s1 = np.cos(yaw1[j]), np.sin(yaw1[j])
     world[obj, 0] = x1[j] + c1 * lx - s1 * ly
     world[obj, 1] = y1[j] + s1 * lx + c1 * ly
+    if not scene.terrain.is_flat:
+        world[obj, 2] += (scene.object_z(t1) - scene.object_z(t0))[j]
     return e1.inverse().transform_points(world)
 
 
 def _voxel_velocity(owner: np.ndarray, prims: np.ndarray, scene: Scene, t: float, geometry: Geometry,
                     ego_yaw: float) -> np.ndarray:
-    """(X, Y, Z, 3) float32 velocity (m/s, ego axes) of the moving primitive owning each voxel."""
+    """(X, Y, Z, 3) float32 velocity (m/s, ego axes) of the moving primitive owning each voxel.
+
+    ``prims`` are in the level frame (``Scene.level_T_ego``), which is the ego frame on flat ground.
+    """
     vel = np.zeros(owner.shape + (3,), dtype=np.float32)
     moving = np.flatnonzero(scene.column("moving"))
     if not len(moving):
@@ -90,18 +101,26 @@ def _voxel_velocity(owner: np.ndarray, prims: np.ndarray, scene: Scene, t: float
         return vel
     k = lookup[owner[sel]]
     centers = geometry.voxel_centers(idx).astype(np.float64)
-    rx, ry = centers[:, 0] - prims[moving[k], 1], centers[:, 1] - prims[moving[k], 2]  # offset, ego axes
+    level = None if scene.terrain.is_flat else scene.level_T_ego(t)
+    if level is not None:
+        centers = level.transform_points(centers)
+    rx, ry = centers[:, 0] - prims[moving[k], 1], centers[:, 1] - prims[moving[k], 2]  # offset, level axes
     c, s = np.cos(ego_yaw), np.sin(ego_yaw)
     wx, wy = vx[k, 0], vy[k, 0]
-    ex, ey = c * wx + s * wy, -s * wx + c * wy  # reference-point velocity in ego axes
-    vel[sel, 0] = ex - rate[k] * ry
-    vel[sel, 1] = ey + rate[k] * rx
+    ex, ey = c * wx + s * wy, -s * wx + c * wy  # reference-point velocity in level axes
+    if level is None:
+        vel[sel, 0] = ex - rate[k] * ry
+        vel[sel, 1] = ey + rate[k] * rx
+        return vel
+    v_level = np.stack([ex - rate[k] * ry, ey + rate[k] * rx, scene.object_vz(t)[moving[k]]], axis=1)
+    vel[sel] = v_level @ level.rotation  # ego axes: rotation^T v
     return vel
 
 
 def _occupancy(scene: Scene, prims: np.ndarray, t: float, geometry: Geometry, origins: np.ndarray,
                ends: np.ndarray) -> OccupancyGT:
-    owner = rasterize_owner(prims, scene.column("priority"), geometry)
+    pose = scene.ego_pose(t)
+    owner = rasterize_owner(prims, scene.column("priority"), geometry, scene.terrain, pose, scene.level_T_ego(t))
     sem = np.zeros(owner.shape, dtype=np.uint8)
     obj = owner >= 0
     sem[obj] = occupancy_class(scene.column("semantic"))[owner[obj]]
@@ -109,26 +128,40 @@ def _occupancy(scene: Scene, prims: np.ndarray, t: float, geometry: Geometry, or
     if ground.any():
         gi = np.argwhere(ground)
         centers = geometry.voxel_centers(gi).astype(np.float64)
-        pose = scene.ego.pose(t)
-        y_world = pose.transform_points(np.c_[centers[:, :2], np.zeros(len(centers))])[:, 1]
+        if scene.terrain.is_flat:
+            centers[:, 2] = 0.0
+        y_world = pose.transform_points(centers)[:, 1]
         sem[ground] = occupancy_class(scene.street.ground_semantic(y_world))
-    velocity = _voxel_velocity(owner, prims, scene, t, geometry, scene.ego.pose(t).yaw)
+    velocity = _voxel_velocity(owner, prims, scene, t, geometry, pose.yaw)
     return OccupancyGT(semantics=sem, visible=visibility(origins, ends, geometry), velocity=velocity,
                        geometry=geometry)
 
 
 def simulate_frame(scene: Scene, preset: LidarPreset, index: int, noise: np.ndarray,
-                   occupancy: Geometry | None, start_time_ns: int = 0) -> tuple[Frame, OccupancyGT | None]:
-    """Frame ``index`` of the scene seen by ``preset``; ``noise`` is one standard normal per ray."""
+                   occupancy: Geometry | None, start_time_ns: int = 0,
+                   keep: np.ndarray | None = None) -> tuple[Frame, OccupancyGT | None]:
+    """Frame ``index`` of the scene seen by ``preset``; ``noise`` is one standard normal per ray.
+
+    ``keep``: optional (R,) bool, False for rays whose return is dropped.
+    """
     dt = preset.frame_period_s
     t, t_next = index * dt, (index + 1) * dt
-    pose = scene.ego.pose(t)
+    pose = scene.ego_pose(t)
     mount = np.array([0.0, 0.0, preset.mount_height])
     origins_s, dirs, laser = preset.rays()
     origins = origins_s + mount
-    prims = scene.primitives_in_ego(t)
-    rng_t, who, cosi = raycast(origins, dirs, prims, preset.min_range, preset.max_range)
-    hit = np.flatnonzero(np.isfinite(rng_t))
+    prims = scene.primitives_in_level(t)
+    if scene.terrain.is_flat:
+        rng_t, who, cosi = raycast(origins, dirs, prims, preset.min_range, preset.max_range)
+    else:  # cast in the level frame, where primitives are upright; ranges are the same in every frame
+        level = scene.level_T_ego(t)
+        rng_t, who, cosi = raycast(level.transform_points(origins), dirs @ level.rotation.T, prims,
+                                   preset.min_range, preset.max_range, terrain=scene.terrain,
+                                   frame=(pose.translation[0], pose.translation[1], pose.yaw))
+    returned = np.isfinite(rng_t)
+    if keep is not None:
+        returned &= keep
+    hit = np.flatnonzero(returned)
     who = who[hit]
     r = rng_t[hit] + preset.range_noise_sigma * noise[hit]
     xyz_ego = origins[hit] + r[:, None] * dirs[hit]
@@ -166,7 +199,7 @@ def simulate_frame(scene: Scene, preset: LidarPreset, index: int, noise: np.ndar
 
 def simulate(preset: str | LidarPreset = "hdl64e", num_frames: int = 10, seed: int = 0,
              occupancy: Geometry | None = OCC3D_GEOMETRY, start_time_ns: int = 0,
-             scene_margin_m: float = 100.0) -> SimSequence:
+             scene_margin_m: float = 100.0, terrain: str | dict | TerrainConfig | None = "flat") -> SimSequence:
     """Simulate ``num_frames`` sweeps of a street scene generated from ``seed``.
 
     Labels per point (``Frame.labels``): SemanticKITTI ``semantic`` ids (moving
@@ -176,19 +209,24 @@ def simulate(preset: str | LidarPreset = "hdl64e", num_frames: int = 10, seed: i
     position at t in ego(t), for EGO-frame coordinates (``frame.xyz_in_ego()``).
     The last frame's flow uses the trajectories one step beyond the sequence,
     so every point has a flow (``flow_valid`` all True). Pass
-    ``occupancy=None`` to skip the occupancy ground truth.
+    ``occupancy=None`` to skip the occupancy ground truth. ``terrain``:
+    ``"flat"`` (the plane z = 0), ``"urban"`` (``perception4d.sim.terrain``),
+    a ``TerrainConfig`` or a dict of its fields.
     """
     preset = get_preset(preset)
     if int(num_frames) < 1:
         raise ConfigError(f"simulate: num_frames must be >= 1, got {num_frames}")
     num_frames = int(num_frames)
-    scene = generate_scene(seed, duration_s=num_frames * preset.frame_period_s, margin_m=scene_margin_m)
+    scene = generate_scene(seed, duration_s=num_frames * preset.frame_period_s, margin_m=scene_margin_m,
+                           terrain=terrain)
     num_rays = preset.num_azimuths * preset.num_beams
     noise_rng = np.random.default_rng([seed, 1])
+    drop_rng = np.random.default_rng([seed, 3]) if preset.dropout_prob > 0 else None
     frames, occ = [], []
     for i in range(num_frames):
         noise = noise_rng.standard_normal(num_rays)
-        frame, o = simulate_frame(scene, preset, i, noise, occupancy, start_time_ns)
+        keep = None if drop_rng is None else drop_rng.uniform(size=num_rays) >= preset.dropout_prob
+        frame, o = simulate_frame(scene, preset, i, noise, occupancy, start_time_ns, keep)
         frames.append(frame)
         occ.append(o)
     return SimSequence(frames=frames, occupancy=occ if occupancy is not None else None, preset=preset,

@@ -86,8 +86,11 @@ def write_semantickitti(seq: SimSequence, root: str | Path, sequence: str = "00"
 
 
 def default_log_id(seq: SimSequence) -> str:
-    """A UUID derived from the preset, seed and length, so reruns name the log the same."""
-    return str(uuid.uuid5(_SIM_NAMESPACE, f"{seq.preset.name}/{seq.seed}/{len(seq)}/{seq.start_time_ns}"))
+    """A UUID derived from the preset, seed, length (and terrain unless flat), so reruns name the log the same."""
+    key = f"{seq.preset.name}/{seq.seed}/{len(seq)}/{seq.start_time_ns}"
+    if not seq.scene.terrain.is_flat:
+        key += f"/{seq.scene.terrain.kind}"
+    return str(uuid.uuid5(_SIM_NAMESPACE, key))
 
 
 def _pose_columns(poses: list[SE3]) -> dict[str, np.ndarray]:
@@ -161,6 +164,7 @@ def write_dataset(seq: SimSequence, out_dir: str | Path, overwrite: bool = False
         "start_time_ns": seq.start_time_ns,
         "scene": seq.scene.summary(),
         "ego_speed_mps": seq.scene.ego.speed,
+        "terrain": asdict(seq.scene.terrain),
         "semantickitti": str(kitti.relative_to(out)),
         "av2": str(av2.relative_to(out)),
         "occupancy": None if occ is None else str(occ.relative_to(out)),
