@@ -5,7 +5,7 @@ _base_ = ["./_base_/sparseunet.py"]
 _geometry = {{_base_.geometry}}
 train_dataloader = dict(batch_size=4,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, seeds=list(range(16)),
-                                     frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2")))
+                                     frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=_geometry, seeds=(1000,),
-                                   frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2")))
+                                   frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 test_dataloader = val_dataloader

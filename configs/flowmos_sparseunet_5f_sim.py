@@ -5,9 +5,11 @@ _geometry = {{_base_.geometry}}
 model = dict(heads=dict(mos=dict(type="MosHead", hidden_channels=32, moving_weight=4.0)))
 train_dataloader = dict(batch_size=4,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=("flow", "mos"),
-                                     seeds=list(range(16)), frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2")))
+                                     seeds=list(range(16)), frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2"),
+                                     terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=("flow", "mos"),
-                                   seeds=(1000,), frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2")))
+                                   seeds=(1000,), frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2"),
+                                   terrain="urban"))
 test_dataloader = val_dataloader
 val_evaluator = [dict(type="Av2FlowMetric"), dict(type="MosMetric")]
 test_evaluator = val_evaluator

@@ -11,10 +11,10 @@ model = dict(heads=dict(mos=dict(type="MosHead", hidden_channels=32, moving_weig
 train_dataloader = dict(batch_size=2,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=_tasks,
                                      occupancy_grid=occupancy_grid, seeds=list(range(12)), frames_per_sequence=12,
-                                     preset=("hdl64e", "vlp32c_x2")))
+                                     preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=_tasks,
                                    occupancy_grid=occupancy_grid, seeds=(1000,), frames_per_sequence=6,
-                                   preset=("hdl64e", "vlp32c_x2")))
+                                   preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 test_dataloader = val_dataloader
 val_evaluator = [dict(type="Av2FlowMetric"), dict(type="MosMetric"), dict(type="OccupancyMetric")]
 test_evaluator = val_evaluator
