@@ -47,7 +47,7 @@ train_one() {  # CONFIG ITERS GPU
   python3 tools/publish_checkpoint.py "$ckpt" "$ckpts/$name.pth" --config "$cfg" >> $logs/summary.txt 2>&1
   cp "$(ls "$work"/*/*.log | head -1)" "$ckpts/$name.log"
   cp "$(ls "$work"/*/vis_data/scalars.json | head -1)" "$ckpts/$name.scalars.json" 2>/dev/null
-  CUDA_VISIBLE_DEVICES=$gpu timeout 240 python3 tools/test.py "$ckpts/$name.py" "$ckpts/$name.pth" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout "${EVAL_LIMIT_S:-150}" python3 tools/test.py "$ckpts/$name.py" "$ckpts/$name.pth" \
     --work-dir "/tmp/eval_$name" --out-json "$logs/$name.eval.json" \
     --cfg-options "test_dataloader.dataset.seeds=[$seeds]" test_dataloader.dataset.frames_per_sequence="$eval_frames" \
     > "$logs/$name.eval_stdout.txt" 2>&1
