@@ -2,6 +2,8 @@
 
     python tools/benchmark.py voxelize [--device cpu|cuda] [--points 100000] [--frames 5] [--repeats 20]
     python tools/benchmark.py flow|mos [--device cpu|cuda] [--precision fp32,fp16,amp] [--repeats 30]
+    python tools/benchmark.py backbones [--device cpu|cuda] [--tasks flow,mos] [--time-modes window,axis]
+    python tools/benchmark.py parallel [--runtime-config configs/runtime/X.py] [--devices cuda:0,cuda:1] [--frames 200]
 
 Each subcommand is a function registered in ``COMMANDS``; the helpers below
 (timing, peak memory, environment line, table) are shared by all of them.
@@ -435,6 +437,182 @@ def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 1
         f.write(f"# torch.profiler, {steps} forwards, {device_name(device)}\n\n")
         f.write(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n\n")
         f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n")
+
+
+# -- parallel runtime ---------------------------------------------------------------------------------
+def _configure_parallel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-config", default=str(REPO / "configs" / "runtime" / "flowmos_occ_2gpu.py"))
+    p.add_argument("--devices", help="comma list, one per model set (default: the config's), e.g. cuda:0,cuda:1")
+    p.add_argument("--workers", default="thread,process", help="comma list of parallel worker kinds to measure")
+    p.add_argument("--frames", type=int, default=200, help="timed frames per run (latency run, then throughput run)")
+    p.add_argument("--unique-frames", type=int, default=40, help="simulated sweeps, played forth and back")
+    p.add_argument("--warmup-frames", type=int, default=5, help="untimed frames at the start of each run")
+    p.add_argument("--in-flight", type=int, default=2, help="frames queued in the throughput run")
+    p.add_argument("--preset", default="vlp32c_x2", help="simulated sensor (vlp32c_x2: AV2-size sweeps)")
+    p.add_argument("--azimuth-step", type=float, help="override the preset's azimuth resolution (deg; CPU runs)")
+    p.add_argument("--threads", type=int, help="torch threads of each process worker")
+    p.add_argument("--group", choices=("device", "model"), help="worker per device (the config's default) or per "
+                   "model set (e.g. two CPU workers)")
+    p.add_argument("--seed", type=int, default=5)
+
+
+@command("parallel", "two networks on two devices: sequential on one device vs parallel workers vs each alone",
+         _configure_parallel)
+def bench_parallel(args: argparse.Namespace) -> None:
+    from dataclasses import replace as dc_replace
+
+    from perception4d.runtime.config import load_runtime_config
+    from perception4d.runtime.measure import measure, stream_frames
+    from perception4d.sim import get_preset
+
+    rc = load_runtime_config(args.runtime_config)
+    names = [m.name for m in rc.model_sets]
+    devices = args.devices.split(",") if args.devices else [m.device for m in rc.model_sets]
+    if len(devices) != len(names):
+        sys.exit(f"benchmark: {len(devices)} devices for {len(names)} model sets {names}")
+    preset = get_preset(args.preset)
+    if args.azimuth_step:
+        preset = preset.with_overrides(azimuth_resolution_deg=args.azimuth_step)
+    frames = stream_frames(preset, args.unique_frames, args.frames, args.seed)
+    runs = [(f"(c) {n} alone", "inline", [dc_replace(m, device=d)], "device", {})
+            for n, m, d in zip(names, rc.model_sets, devices)]
+    runs.append(("(a) sequential, one device", "inline", [dc_replace(m, device=devices[0]) for m in rc.model_sets],
+                 "device", {}))  # one worker: each sweep uploaded once, the networks back to back
+    for kind in args.workers.split(","):
+        runs.append((f"(b) parallel, {kind} workers", kind, [dc_replace(m, device=d) for m, d in
+                                                             zip(rc.model_sets, devices)], args.group or rc.group,
+                     {"threads": args.threads}))
+    results, layouts = [], []
+    for label, kind, models, group, limits in runs:
+        with rc_predictor(rc, models, kind, args.in_flight, limits, group) as pp:
+            layouts.append(f"{label}: {pp.describe()}")
+            results.append((label, kind, sorted({str(w.device) for w in pp.specs}), measure(
+                pp, frames, label, args.warmup_frames)))
+    alone = [s for label, _, _, s in results if label.startswith("(c)")]
+    seq = next(s for label, _, _, s in results if label.startswith("(a)"))
+    slower = max(s.p50 for s in alone)
+    rows = [[label, kind, "+".join(devs), len(s.latency_ms), f"{s.p50:.1f}", f"{s.p99:.1f}", f"{s.throughput_fps:.2f}",
+             f"{s.throughput_fps / seq.throughput_fps:.2f}x", f"{s.p50 / slower:.2f}x", s.failed]
+            for label, kind, devs, s in results]
+    n_points = int(np.mean([f.num_points for f in frames]))
+    print(f"## parallel runtime: {', '.join(names)}; {args.frames} frames of the simulated {preset.name} sensor "
+          f"(~{n_points} points a sweep, {args.unique_frames} unique sweeps played forth and back)")
+    print(environment_line(torch.device(devices[0])))
+    print()
+    print(markdown_table(["configuration", "workers", "devices", "frames", "latency p50 (ms)", "latency p99 (ms)",
+                          "throughput (frames/s)", "throughput vs (a)", "latency p50 vs slower alone",
+                          "failed"], rows))
+    print()
+    stage_rows = [[label, model, *(f"{v:.1f}" for v in st.values())] for label, _, _, s in results
+                  for model, st in s.stage_ms.items()]
+    print(markdown_table(["configuration", "model set", "ingest", "align", "voxelize", "encoder", "backbone", "head",
+                          "outputs", "total"], stage_rows))
+    print()
+    best = max((s for label, _, _, s in results if label.startswith("(b)")), key=lambda s: s.throughput_fps)
+    print(f"best parallel ({best.label}): throughput {best.throughput_fps / seq.throughput_fps:.2f}x of (a) "
+          f"(target >= 1.9x), latency p50 {best.p50 / slower:.2f}x of the slower network alone (target <= 1.1x)")
+    print("latency: host wall time from submit to the joined result, one frame in flight; a result exists only "
+          "after its outputs were copied to the host (that copy waits for the device). throughput: the same frames "
+          f"with {args.in_flight} in flight. stage columns: medians in ms of the latency run (CUDA events on each "
+          "worker's stream, wall time on the CPU; ingest is host time; 'total' is the host wall time of that model "
+          "set's step)")
+    for line in layouts:
+        print("  " + line.replace("\n", "\n  "))
+
+
+def rc_predictor(rc, models, kind: str, in_flight: int, limits: dict, group: str | None = None):
+    """The runtime config's ParallelPredictor for one benchmark configuration (its own models and workers)."""
+    from perception4d.runtime.parallel import ParallelPredictor
+    from perception4d.runtime.policy import FramePolicy
+    from perception4d.runtime.workers import PredictorOptions
+
+    limits = {k: v for k, v in limits.items() if v is not None and kind == "process"}
+    return ParallelPredictor(models, workers=kind, group=group or rc.group,
+                             options=PredictorOptions(amp=rc.amp, mos_fusion=rc.mos_fusion),
+                             policy=FramePolicy(rc.max_gap_s), max_in_flight=in_flight, **limits)
+
+
+# -- backbones --------------------------------------------------------------------------------------
+#: task -> (sparse-conv config, voxel transformer config, simulated sensor) sharing one geometry
+BACKBONE_PAIRS = {"flow": ("flow_sparseunet_5f_sim.py", "flow_dsvt_5f_sim.py", "vlp32c_x2"),
+                  "mos": ("mos_sparseunet_11f_sim.py", "mos_dsvt_11f_sim.py", "hdl64e")}
+
+
+def _configure_backbones(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--tasks", default="flow,mos", help="comma list of geometries: flow (5 sweeps at 0.2 m), "
+                                                       "mos (11 scans at 0.1 m)")
+    p.add_argument("--precision", default="fp32,fp16", help="comma list: fp32, fp16 (half weights and features), "
+                                                            "amp (autocast); fp16/amp on CUDA only")
+    p.add_argument("--time-modes", default="window,axis", help="VoxelTransformer4D time_mode values to run")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed", type=int, default=11)
+
+
+@command("backbones", "sparse-conv U-Net vs voxel transformer backbone on the same simulated window (flow, MOS "
+         "geometries): ms / frame, peak memory, parameters", _configure_backbones)
+def bench_backbones(args: argparse.Namespace) -> None:
+    """Both backbones of a task on one window's encoder features (the same input tensor), batch 1."""
+    from mmengine.config import Config
+
+    from perception4d.core import Geometry, Window
+    from perception4d.datasets.sample import build_window_sample
+    from perception4d.models import build_model
+    from perception4d.models.spconv_utils import set_spconv_algo
+    from perception4d.sim import simulate
+
+    device = resolve_device(args.device)
+    precisions = [p for p in args.precision.split(",") if p == "fp32" or device.type == "cuda"]
+    print(environment_line(device))
+    for task in args.tasks.split(","):
+        sparse_cfg, dsvt_cfg, preset = BACKBONE_PAIRS[task]
+        cfg = Config.fromfile(str(REPO / "configs" / sparse_cfg))
+        geometry = Geometry.from_config(cfg.geometry)
+        torch.manual_seed(0)
+        model = build_model(cfg.model).to(device).eval()
+        seq = simulate(preset=preset, num_frames=geometry.num_frames, seed=args.seed, occupancy=None)
+        sample = build_window_sample(Window(tuple(seq.frames)), geometry, "bench", with_targets=False,
+                                     tasks=(task,))
+        with torch.no_grad():
+            batch = model.data_preprocessor({"inputs": [sample]})["inputs"]
+            feats, _ = model.encoder(batch.points, batch.time, batch.sparse)
+        x = batch.sparse.to_spconv(feats)
+        candidates = [("SparseUNet4D", model.backbone, None)]
+        for mode in args.time_modes.split(","):
+            bcfg = Config.fromfile(str(REPO / "configs" / dsvt_cfg)).model.backbone
+            bcfg.update(time_mode=mode, in_channels=model.encoder.out_channels)
+            candidates.append((f"VoxelTransformer4D ({mode})", build_model(bcfg).to(device).eval(), mode))
+        rows = []
+        for name, backbone, mode in candidates:
+            params = sum(p.numel() for p in backbone.parameters())
+            plan_ms = "-"
+            if mode is not None:
+                plan = time_call(lambda: backbone.plan(x.indices, x.spatial_shape), device, args.repeats,
+                                 warmup=args.warmup)
+                plan_ms = f"{plan.median_s * 1e3:.1f}"
+            for prec in precisions:
+                net = copy.deepcopy(backbone).half() if prec == "fp16" else backbone
+                set_spconv_algo(net, device)
+                xin = x.replace_feature(x.features.half()) if prec == "fp16" else x
+
+                def run(net=net, xin=xin, amp=prec == "amp"):
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                        return net(xin).features
+
+                timing = time_call(run, device, args.repeats, warmup=args.warmup)
+                mem, method = peak_memory(run, device)
+                rows.append([name, prec, f"{timing.median_s * 1e3:.1f}", plan_ms if prec == precisions[0] else "",
+                             f"{mem / 2**20:.0f}", f"{params / 1e6:.3f} M", f"{timing.first_call_s * 1e3:.0f}"])
+        print()
+        print(f"## backbones, {task}: {geometry.num_frames} sweeps of the simulated {preset} sensor, "
+              f"{batch.sparse.num_voxels} voxels, grid {geometry.spatial_shape}, {feats.shape[1]} input channels")
+        print()
+        print(markdown_table(["backbone", "precision", "ms / frame", "of which plan (ms)", "peak memory (MiB)",
+                              "parameters", "first call (ms)"], rows))
+        print()
+        print(f"median of {args.repeats} runs after {args.warmup} warm-up runs, batch 1, the backbone alone on the "
+              f"same encoder features; memory: {method}; 'plan' = the transformer's windows/sets/pooling tables")
 
 
 def main(argv: list[str] | None = None) -> None:

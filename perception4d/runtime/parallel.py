@@ -1,0 +1,304 @@
+"""Several networks on several devices at once: ``ParallelPredictor``.
+
+Each model set is assigned a device (a runtime config, e.g. the flow+MOS
+network on cuda:0 and the occupancy network on cuda:1). Model sets are grouped
+per device (``group="device"``: one worker per device, one upload of each sweep
+per device, its networks one after another) or one worker each
+(``group="model"``: e.g. two streams on one GPU, two CPU workers). Workers are
+``inline`` (the caller's thread: the sequential baseline), ``thread`` (own
+CUDA stream each) or ``process`` (spawned, no shared GIL).
+
+Fallback: a model set asking for a CUDA device that does not exist runs on
+``cuda:(index % device_count)``, or on the CPU without CUDA; ``layout_notes``
+says so. The API and the results stay the same: every worker runs the same
+``Predictor`` code on the same admitted sweeps.
+
+The frame gate (``perception4d.runtime.policy``) runs once, in the caller;
+dropped frames never reach a worker. Results are joined per frame and handed
+out in submission order: ``step`` (one frame in flight: latency) or ``submit``
+/ ``collect`` (up to ``max_in_flight`` frames in flight: throughput). A worker
+that runs out of memory answers that frame with a FAILED result naming it and
+keeps serving; any other error in a worker raises ``WorkerError`` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from perception4d.core.frame import Frame
+from perception4d.errors import ConfigError, Perception4DError
+from perception4d.runtime.models import ModelSpec
+from perception4d.runtime.policy import FramePolicy, StreamGate
+from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
+from perception4d.runtime.sweeps import HostSweep
+from perception4d.runtime.timing import StageTimes
+from perception4d.runtime.workers import (WORKER_KINDS, Fatal, FlushJob, Flushed, Job, PredictorOptions, Ready, Reply,
+                                          StartFailed, Worker, WorkerSpec, unshare_arrays)
+
+log = logging.getLogger("perception4d.runtime")
+
+GROUPINGS = ("device", "model")
+
+
+class WorkerError(Perception4DError, RuntimeError):
+    """A worker failed to start, died, or raised something other than out-of-memory."""
+
+
+@dataclass
+class FrameResult:
+    """Every model set's result for one frame, joined."""
+
+    seq: int
+    frame_id: str
+    timestamp_ns: int
+    status: Status  # OK; DROPPED (by the gate); FAILED when any model set failed (the others' outputs stay)
+    results: dict[str, Result] = field(default_factory=dict)  # by model set name, in configuration order
+    latency_ms: float = 0.0  # submit -> all results joined (host wall time)
+    message: str = ""
+
+    def _first(self, task: str):
+        return next((getattr(r, task) for r in self.results.values() if getattr(r, task) is not None), None)
+
+    @property
+    def flow(self):
+        return self._first("flow")
+
+    @property
+    def mos(self):
+        return self._first("mos")
+
+    @property
+    def occupancy(self):
+        return self._first("occupancy")
+
+    @property
+    def mos_fused(self) -> list[FusedMosOutput]:
+        return [f for r in self.results.values() for f in r.mos_fused]
+
+
+def resolve_device(requested: str, cuda_count: int) -> tuple[torch.device, str]:
+    """The device a model set runs on, and a note when it is not the one asked for."""
+    want = torch.device(requested)
+    if want.type != "cuda":
+        return want, ""
+    if cuda_count == 0:
+        return torch.device("cpu"), f"asked {requested}, no CUDA device: cpu"
+    index = 0 if want.index is None else want.index
+    if index >= cuda_count:
+        got = torch.device("cuda", index % cuda_count)
+        return got, f"asked {requested}, {cuda_count} CUDA device(s): {got}"
+    return torch.device("cuda", index), ""
+
+
+def plan_workers(models: Sequence[ModelSpec], group: str = "device", options: PredictorOptions = PredictorOptions(),
+                 cuda_count: int | None = None, **limits) -> tuple[list[WorkerSpec], list[str]]:
+    """Worker specs (model sets grouped per resolved device, or one per model set) and layout notes."""
+    if group not in GROUPINGS:
+        raise ConfigError(f"group must be one of {GROUPINGS}, got {group!r}")
+    names = [m.name for m in models]
+    if not models or len(set(names)) != len(names):
+        raise ConfigError(f"model sets need unique names, got {names}")
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    groups: dict[str, list[ModelSpec]] = {}
+    notes = []
+    for m in models:
+        device, note = resolve_device(m.device, cuda_count)
+        notes.append(f"{m.name} -> {device}" + (f" ({note})" if note else ""))
+        key = str(device) if group == "device" else f"{m.name}@{device}"
+        groups.setdefault(key, []).append(m)
+    specs = []
+    for key, ms in groups.items():
+        device = key.split("@")[-1]
+        specs.append(WorkerSpec("+".join(m.name for m in ms), device, tuple(ms), options, **limits))
+    return specs, notes
+
+
+class ParallelPredictor:
+    """Model sets on their devices, one frame stream (see the module docstring)."""
+
+    def __init__(self, models: Sequence[ModelSpec], *, workers: str = "thread", group: str = "device",
+                 options: PredictorOptions = PredictorOptions(), policy: FramePolicy | None = None,
+                 max_in_flight: int = 2, start_timeout_s: float = 900.0, reply_timeout_s: float = 600.0,
+                 cuda_count: int | None = None, **limits):
+        if workers not in WORKER_KINDS:
+            raise ConfigError(f"workers must be one of {WORKER_KINDS}, got {workers!r}")
+        if int(max_in_flight) < 1:
+            raise ConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.kind = workers
+        self.model_names = [m.name for m in models]
+        self.specs, self.layout_notes = plan_workers(models, group, options, cuda_count, **limits)
+        for note in self.layout_notes:
+            (log.warning if "asked" in note else log.info)("layout: %s", note)
+        self.gate = StreamGate(policy)
+        self.max_in_flight = int(max_in_flight)
+        self.reply_timeout_s = float(reply_timeout_s)
+        self._pin = any(torch.device(s.device).type == "cuda" for s in self.specs)
+        ctx = None
+        if workers == "process":
+            import torch.multiprocessing as tmp
+
+            ctx = tmp.get_context("spawn")
+            self._replies = ctx.Queue()
+        else:
+            self._replies = queue.Queue()
+        self._workers: list[Worker] = []
+        self._pending: dict[int, dict[str, list[Result]]] = {}
+        self._meta: dict[int, tuple[str, int, float]] = {}
+        self._done: dict[int, FrameResult] = {}
+        self._flushed: dict[int, dict[str, dict]] = {}
+        self._next_seq = self._next_out = self._flush_count = 0
+        self.descriptions: dict[str, list[str]] = {}
+        self.warmup_s: dict[str, float] = {}
+        try:
+            for spec in self.specs:
+                self._workers.append(Worker(spec, workers, self._replies, ctx))
+            self._wait_ready(start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def _wait_ready(self, timeout_s: float) -> None:
+        waiting = {w.name for w in self._workers}
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            msg = self._get(deadline, f"start of worker(s) {sorted(waiting)}")
+            if isinstance(msg, StartFailed):
+                raise WorkerError(f"worker {msg.worker} failed to start:\n{msg.text}")
+            if isinstance(msg, Ready):
+                waiting.discard(msg.worker)
+                self.descriptions[msg.worker] = msg.descriptions
+                self.warmup_s[msg.worker] = msg.warmup_s
+
+    def describe(self) -> str:
+        lines = [f"{self.kind} workers: " + "; ".join(self.layout_notes)]
+        for worker, descs in self.descriptions.items():
+            lines += [f"  [{worker}] {d}" for d in descs]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.stop()
+            except Exception as exc:  # noqa: BLE001 - closing must reach every worker
+                log.warning("stopping worker %s: %s", w.name, exc)
+        self._workers = []
+
+    def __enter__(self) -> "ParallelPredictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- streaming --------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def step(self, frame: Frame) -> FrameResult:
+        """Submit one frame and wait for its joined result (earlier submitted results must be collected first)."""
+        if self._next_out != self._next_seq:
+            raise RuntimeError(f"step() with {self._next_seq - self._next_out} submitted frame(s) not collected; "
+                               f"collect() them first")
+        self.submit(frame)
+        return self.collect()
+
+    def submit(self, frame: Frame) -> int:
+        """Hand a frame to every worker (waits while ``max_in_flight`` frames are unanswered); its sequence number."""
+        while self.in_flight >= self.max_in_flight:
+            self._pump()
+        t0 = time.perf_counter()
+        seq = self._next_seq
+        self._next_seq += 1
+        admission = self.gate.admit(frame)
+        if not admission.accepted:
+            results = {n: Result(n, frame.frame_id, frame.timestamp_ns, Status.DROPPED, message=admission.reason,
+                                 timings=StageTimes(), health=StepHealth(frame.num_points, admission.non_finite))
+                       for n in self.model_names}
+            self._done[seq] = FrameResult(seq, frame.frame_id, frame.timestamp_ns, Status.DROPPED, results,
+                                          (time.perf_counter() - t0) * 1e3, admission.reason)
+            return seq
+        host, prep_ms = None, 0.0
+        if self.kind != "process":  # prepared once (pinned when a worker uploads to CUDA), uploaded per device
+            t_prep = time.perf_counter()
+            host = HostSweep.from_frame(frame, non_finite=admission.non_finite, pin=self._pin)
+            prep_ms = (time.perf_counter() - t_prep) * 1e3
+        self._pending[seq] = {}
+        self._meta[seq] = (frame.frame_id, frame.timestamp_ns, t0)
+        for w in self._workers:
+            w.send(Job(seq, admission, frame=frame, host=host, prep_ms=prep_ms))
+        return seq
+
+    def collect(self) -> FrameResult:
+        """The next frame's joined result, in submission order (blocks until it is complete)."""
+        if self._next_out >= self._next_seq:
+            raise RuntimeError("collect(): no submitted frame is waiting")
+        while self._next_out not in self._done:
+            self._pump()
+        out = self._done.pop(self._next_out)
+        self._next_out += 1
+        return out
+
+    def drain(self) -> list[FrameResult]:
+        return [self.collect() for _ in range(self._next_seq - self._next_out)]
+
+    def flush(self) -> dict[str, list[FusedMosOutput]]:
+        """End of the stream: the fused MOS still held, per model set (every submitted frame is answered first)."""
+        self._flush_count += 1
+        seq = -self._flush_count  # flushes are numbered apart from frames: they produce no FrameResult
+        self._flushed[seq] = {}
+        for w in self._workers:
+            w.send(FlushJob(seq))
+        deadline = time.monotonic() + self.reply_timeout_s
+        while len(self._flushed[seq]) < len(self._workers):
+            self._handle(self._get(deadline, f"flush {seq}"))
+        merged: dict[str, list[FusedMosOutput]] = {}
+        for fused in self._flushed.pop(seq).values():
+            merged.update(fused)
+        return merged
+
+    # -- replies ----------------------------------------------------------------------------------------
+    def _get(self, deadline: float, what: str):
+        while True:
+            try:
+                return self._replies.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w.name for w in self._workers if not w.alive()]
+                if dead:
+                    raise WorkerError(f"worker(s) {dead} died while waiting for {what}") from None
+                if time.monotonic() > deadline:
+                    raise WorkerError(f"no answer for {what} within the time limit") from None
+
+    def _pump(self) -> None:
+        if not self._pending:
+            raise RuntimeError("no frame in flight")
+        oldest = min(self._pending)
+        frame_id = self._meta[oldest][0]
+        self._handle(self._get(time.monotonic() + self.reply_timeout_s, f"frame {frame_id} (seq {oldest})"))
+
+    def _handle(self, msg) -> None:
+        if isinstance(msg, Fatal):
+            raise WorkerError(f"worker {msg.worker} failed on frame {msg.frame_id or '?'} (seq {msg.seq}):\n{msg.text}")
+        if isinstance(msg, Flushed):
+            self._flushed[msg.seq][msg.worker] = unshare_arrays(msg.fused)
+            return
+        if not isinstance(msg, Reply):
+            raise WorkerError(f"unexpected message {type(msg).__name__} from a worker")
+        parts = self._pending[msg.seq]
+        parts[msg.worker] = unshare_arrays(msg.results)
+        if len(parts) < len(self._workers):
+            return
+        del self._pending[msg.seq]
+        frame_id, ts, t0 = self._meta.pop(msg.seq)
+        by_name = {r.model: r for results in parts.values() for r in results}
+        results = {n: by_name[n] for n in self.model_names}
+        failed = [r.message for r in results.values() if r.status == Status.FAILED]
+        self._done[msg.seq] = FrameResult(msg.seq, frame_id, ts, Status.FAILED if failed else Status.OK, results,
+                                          (time.perf_counter() - t0) * 1e3, "; ".join(failed))

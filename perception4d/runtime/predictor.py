@@ -1,0 +1,353 @@
+"""The streaming predictor: one model set, one device, one sweep at a time.
+
+``Predictor.step(frame)`` admits the frame (``perception4d.runtime.policy``),
+uploads it once into the device ring buffer (``perception4d.runtime.sweeps``),
+re-aligns the window to it on the device and runs the network on exactly the
+input the offline tools build (``build_window_sample`` + ``WindowBatcher``).
+
+Which frame each output belongs to:
+
+* flow: the sweep *before* the step's frame (flow needs the successor sweep,
+  the step's frame is that successor); none on the first sweep of a window;
+* MOS (online): the step's frame; the optional fused MOS (``mos_fusion``) is
+  final for a scan only once it has left the horizon, i.e. T - 1 steps later,
+  so each result carries the scans that became final at that step;
+* occupancy: the step's frame.
+
+fp16 autocast is on by default on CUDA (off on the CPU); the first steps
+after construction run on synthetic sweeps (``Warmup``) so spconv's kernel
+selection, numba's compilation and the allocators are done before the first
+real frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import numpy as np
+import torch
+
+from perception4d.core.frame import Frame
+from perception4d.core.se3 import SE3
+from perception4d.errors import ConfigError
+from perception4d.inference import LoadedModel, submission_flow
+from perception4d.models.heads.flow import FlowPrediction
+from perception4d.models.heads.occupancy import OccupancyPrediction
+from perception4d.mos.fusion import RecedingHorizonFusion
+from perception4d.runtime.models import LoadedModelSet, ModelSpec, load_model_set
+from perception4d.runtime.policy import Admission, FramePolicy, StreamGate
+from perception4d.runtime.sweeps import AssembledWindow, HostSweep, SweepRing
+from perception4d.runtime.timing import EventTimer, StageTimes
+
+log = logging.getLogger("perception4d.runtime")
+
+
+class Status(str, Enum):
+    OK = "ok"  # the network ran; each task's output is present where the window allows one
+    DROPPED = "dropped"  # the policy dropped the frame: no output at all
+    FAILED = "failed"  # the step ran out of memory; ``message`` names the frame; the next step runs normally
+
+
+@dataclass
+class FlowOutput:
+    """Scene flow of one sweep towards the next (AV2 convention, ego motion included, submission-ready)."""
+
+    frame_id: str  # the source sweep: the one before the step's frame
+    timestamp_ns: int
+    next_frame_id: str  # the reference sweep: the step's frame
+    dt: float
+    prediction: FlowPrediction  # finite rows: points without a finite position get zero flow, not dynamic
+    non_finite: int
+
+
+@dataclass
+class MosOutput:
+    """Online moving probability of the step's frame (the newest window's prediction)."""
+
+    frame_id: str
+    timestamp_ns: int
+    prob: np.ndarray  # (N,) float32; 0.5 for points outside the grid (no evidence)
+    in_grid: np.ndarray  # (N,) bool
+    window_frames: int
+
+
+@dataclass
+class FusedMosOutput:
+    """Receding-horizon fused moving probability of an older scan, final now that it left the horizon."""
+
+    frame_id: str
+    timestamp_ns: int
+    prob: np.ndarray  # (N,) float32
+    online: np.ndarray  # (N,) float32: that scan's own online output
+    num_predictions: int
+
+
+@dataclass
+class OccupancyOutput:
+    frame_id: str  # the step's frame (its ego frame is the grid's frame)
+    timestamp_ns: int
+    prediction: OccupancyPrediction
+
+
+@dataclass
+class StepHealth:
+    """What the step saw: the frame's points and the window the network ran on."""
+
+    points: int
+    non_finite: int  # rows of the frame with a non-finite value (kept, outside the grid)
+    window_frames: int = 0
+    window_points: int = 0
+    voxels: int = 0
+    dropped_out_of_range: int = 0  # window points outside the grid
+    dropped_non_finite: int = 0  # window points the voxelizer dropped as non-finite
+    reset: str = ""  # why the window restarted at this frame ("" if it did not)
+
+
+@dataclass
+class Result:
+    """One model set's answer to one frame."""
+
+    model: str
+    frame_id: str
+    timestamp_ns: int
+    status: Status
+    flow: FlowOutput | None = None
+    mos: MosOutput | None = None
+    mos_fused: list[FusedMosOutput] = field(default_factory=list)
+    occupancy: OccupancyOutput | None = None
+    timings: StageTimes = field(default_factory=StageTimes)
+    health: StepHealth | None = None
+    message: str = ""  # why the frame was dropped, why an output is missing, or the error
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Synthetic steps run at construction: ``steps`` forwards on a full window of ``points``-point sweeps."""
+
+    steps: int = 3
+    points: int = 50_000
+
+
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "std::bad_alloc", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA / CPU allocation failures from torch, numpy, numba or spconv's C++ (its messages vary)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def synthetic_frame(k: int, points: int, geometry, seed: int = 0) -> Frame:
+    """Sweep ``k`` of a synthetic stream filling the grid's inner 90 %; the ego moves 1 m along x per sweep."""
+    rng = np.random.default_rng([seed, k])
+    lo, hi = np.asarray(geometry.point_range[:3]), np.asarray(geometry.point_range[3:])
+    mid, half = (lo + hi) / 2, (hi - lo) / 2 * 0.9
+    xyz = mid + rng.uniform(-1, 1, (points, 3)) * half
+    pts = np.c_[xyz, rng.uniform(0, 1, points)].astype(np.float32)
+    return Frame(pts, k * 100_000_000, pose=SE3.from_yaw(0.0, [float(k), 0.0, 0.0]), frame_id=f"warmup/{k}")
+
+
+class Predictor:
+    """Streaming inference of one model set on one device (see the module docstring).
+
+    ``model``: a ``ModelSpec`` (built here), a ``LoadedModelSet`` or an offline ``LoadedModel``.
+    ``ring``: a ring buffer shared with other predictors of the same device (each sweep is then uploaded
+    once for all of them; the owner pushes); None: the predictor owns one.
+    """
+
+    def __init__(self, model: ModelSpec | LoadedModelSet | LoadedModel, device: torch.device | str, *,
+                 amp: bool | None = None, mos_fusion: bool = False, mos_prior: float = 0.5,
+                 policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
+                 host_transform: bool | None = None, stream_id: str = "stream"):
+        self.device = torch.device(device)
+        self.loaded = self._load(model)
+        self.name = self.loaded.name
+        self.geometry = self.loaded.geometry
+        self.tasks = self.loaded.tasks
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        if self.amp and self.device.type != "cuda":
+            raise ConfigError(f"{self.name}: fp16 autocast (amp) runs on CUDA only, the device is {self.device}")
+        self.gate = StreamGate(policy)
+        if ring is not None and ring.capacity < self.geometry.num_frames:
+            raise ConfigError(f"{self.name}: the shared ring holds {ring.capacity} sweeps, the model needs "
+                              f"{self.geometry.num_frames}")
+        self._owns_ring = ring is None
+        self.ring = ring if ring is not None else SweepRing(self.device, self.geometry.num_frames, host_transform)
+        self.timer = EventTimer(self.device)  # the network's timer during this predictor's steps only
+        self.fusion = RecedingHorizonFusion(self.geometry.num_frames, mos_prior) if (
+            mos_fusion and "mos" in self.tasks) else None
+        self.stream_id = stream_id
+        self._scans: dict[int, tuple[str, int]] = {}  # ring seq -> (frame id, timestamp) of scans in the fusion
+        self.warmup_s = self._warm_up(warmup)
+
+    def _load(self, model) -> LoadedModelSet:
+        if isinstance(model, ModelSpec):
+            return load_model_set(model, self.device)
+        if isinstance(model, LoadedModel):
+            model = LoadedModelSet(model.config_path.stem, model.model, model.device, model.config_path,
+                                   model.checkpoint_path)
+        if not isinstance(model, LoadedModelSet):
+            raise TypeError(f"Predictor needs a ModelSpec, LoadedModelSet or LoadedModel, got {type(model).__name__}")
+        if model.device != self.device:
+            model.model.to(self.device)
+            model = replace(model, device=self.device)
+        model.model.eval()
+        return model
+
+    def describe(self) -> str:
+        return (f"{self.loaded.describe()}, {'fp16 autocast' if self.amp else 'fp32'}"
+                + (", fused MOS" if self.fusion is not None else ""))
+
+    # -- streaming ------------------------------------------------------------------------------------
+    def step(self, frame: Frame) -> Result:
+        """Admit ``frame``, upload it and predict; always returns a Result (see ``Status``)."""
+        t0 = time.perf_counter()
+        admission = self.gate.admit(frame)
+        if not admission.accepted:
+            return self.dropped(frame, admission, t0)
+        try:
+            ingest_ms = self.ingest(frame, admission)
+        except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
+            return self.failed(frame.frame_id, frame.timestamp_ns, exc, t0, f"{frame.num_points} points")
+        return self.predict(admission, t0, ingest_ms)
+
+    def dropped(self, frame: Frame, admission: Admission, t0: float) -> Result:
+        return Result(self.name, frame.frame_id, frame.timestamp_ns, Status.DROPPED, message=admission.reason,
+                      timings=StageTimes(total=(time.perf_counter() - t0) * 1e3),
+                      health=StepHealth(points=frame.num_points, non_finite=admission.non_finite))
+
+    def ingest(self, frame: Frame, admission: Admission) -> float:
+        """Host preparation and upload of an admitted frame into the ring; milliseconds (host wall time)."""
+        t0 = time.perf_counter()
+        host = HostSweep.from_frame(frame, non_finite=admission.non_finite, pin=self.device.type == "cuda")
+        push_sweep(self.ring, host, admission)
+        return (time.perf_counter() - t0) * 1e3
+
+    def predict(self, admission: Admission, t0: float, ingest_ms: float = 0.0) -> Result:
+        """Run the network on the window ending at the ring's newest sweep (pushed by ``ingest``)."""
+        sweeps = self.ring.latest(self.geometry.num_frames)
+        newest = sweeps[-1]
+        n = len(sweeps)
+        health = StepHealth(points=newest.num_points, non_finite=admission.non_finite, window_frames=n,
+                            reset=admission.reason if admission.reset else "")
+        result = Result(self.name, newest.frame_id, newest.timestamp_ns, Status.OK, health=health)
+        if self.tasks == ("flow",) and n < 2:
+            result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
+            result.timings = StageTimes(ingest=ingest_ms, total=(time.perf_counter() - t0) * 1e3)
+            return result
+        self.timer.reset()
+        try:
+            asm, sample_result = self._forward(self.ring)
+            t_out = time.perf_counter()
+            self._outputs(result, asm, sample_result)
+            self.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
+        except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
+            failed = self.failed(newest.frame_id, newest.timestamp_ns, exc, t0,
+                                 f"{n} sweeps, {sum(s.num_points for s in sweeps)} points")
+            failed.health, failed.timings.ingest = health, ingest_ms
+            if self._owns_ring:  # a shared ring is trimmed by its owner once every model set has run
+                self.ring.drop_newest(newest.seq)
+            return failed
+        result.timings = self.timer.stage_times((time.perf_counter() - t0) * 1e3)
+        result.timings.ingest = ingest_ms
+        return result
+
+    def failed(self, frame_id: str, timestamp_ns: int, exc: Exception, t0: float, what: str) -> Result:
+        """The result of a step that ran out of memory (any other exception propagates: it is a bug)."""
+        if not is_out_of_memory(exc):
+            raise exc
+        self.gate.counters.failed += 1
+        self.timer.reset()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        message = (f"{self.name}: out of memory on {self.device} at frame {frame_id} ({what}): "
+                   f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}; the sweep is left out of "
+                   f"the following windows")
+        log.error(message)
+        return Result(self.name, frame_id, timestamp_ns, Status.FAILED, message=message,
+                      timings=StageTimes(total=(time.perf_counter() - t0) * 1e3))
+
+    def flush(self) -> list[FusedMosOutput]:
+        """End of the stream: the fused MOS of the scans still inside the horizon."""
+        if self.fusion is None:
+            return []
+        return [self._fused(f) for f in self.fusion.flush()]
+
+    # -- internals --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, ring: SweepRing) -> tuple[AssembledWindow, object]:
+        asm = ring.assemble(self.geometry, flow_layout="flow" in self.tasks, sequence_id=self.stream_id,
+                            timer=self.timer)
+        model = self.loaded.model
+        previous, model.timer = model.timer, self.timer
+        try:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
+                    self.timer.stage("network"):
+                sample_result = model(inputs=asm.batch, mode="predict")[0]
+        finally:
+            model.timer = previous
+        return asm, sample_result
+
+    def _outputs(self, result: Result, asm: AssembledWindow, sr) -> None:
+        sweeps, n = asm.sweeps, len(asm.sweeps)
+        sparse = asm.batch.sparse
+        h = result.health
+        h.window_points, h.voxels = sparse.num_points, sparse.num_voxels
+        h.dropped_out_of_range, h.dropped_non_finite = sparse.dropped.out_of_range, sparse.dropped.non_finite
+        newest = sweeps[-1]
+        if sr.flow is not None and asm.source_index == n - 2:
+            src = sweeps[asm.source_index]
+            sub = submission_flow(sr.flow, src.frame_id)
+            result.flow = FlowOutput(src.frame_id, src.timestamp_ns, newest.frame_id, sr.meta.dt,
+                                     replace(sr.flow, flow=sub.flow, is_dynamic=sub.is_dynamic), sub.non_finite)
+        elif "flow" in self.tasks:
+            result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
+        if sr.mos is not None:
+            pred = sr.mos
+            o = pred.offsets
+            result.mos = MosOutput(newest.frame_id, newest.timestamp_ns, pred.frame(n - 1).copy(),
+                                   pred.in_grid[o[n - 1]:o[n]].copy(), n)
+            if self.fusion is not None:
+                for s in sweeps:
+                    self._scans.setdefault(s.seq, (s.frame_id, s.timestamp_ns))
+                fused = self.fusion.add_window([s.seq for s in sweeps], [pred.frame(j) for j in range(n)],
+                                               [pred.in_grid[o[j]:o[j + 1]] for j in range(n)])
+                result.mos_fused = [self._fused(f) for f in fused]
+        if sr.occupancy is not None:
+            result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, sr.occupancy)
+
+    def _fused(self, f) -> FusedMosOutput:
+        frame_id, ts = self._scans.pop(f.scan_id)
+        return FusedMosOutput(frame_id, ts, f.fused, f.online, f.num_predictions)
+
+    def _warm_up(self, warmup: Warmup | None) -> float:
+        if warmup is None:
+            warmup = Warmup() if self.device.type == "cuda" else Warmup(steps=1, points=2_000)
+        if warmup.steps <= 0:
+            return 0.0
+        t0 = time.perf_counter()
+        ring = SweepRing(self.device, self.geometry.num_frames, self.ring.host_transform)
+        first = self.geometry.num_frames - 1
+        for k in range(first + warmup.steps):
+            frame = synthetic_frame(k, warmup.points, self.geometry)
+            ring.push(HostSweep.from_frame(frame, pin=self.device.type == "cuda"))
+            if k >= first:
+                self._forward(ring)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timer.reset()
+        elapsed = time.perf_counter() - t0
+        log.info("%s: warm-up %d steps of %d-point sweeps in %.2f s", self.name, warmup.steps, warmup.points,
+                 elapsed)
+        return elapsed
+
+
+def push_sweep(ring: SweepRing, host: HostSweep, admission: Admission) -> None:
+    """Make an admitted sweep the ring's newest, emptying the ring first when the policy restarts the window."""
+    if admission.reset:
+        ring.clear()
+    ring.push(host)

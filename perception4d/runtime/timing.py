@@ -1,0 +1,100 @@
+"""Stage timings of one streaming step without extra device synchronisation.
+
+``StageTimer`` (perception4d.utils.timing) synchronises the device around
+every stage, which serialises the host and the GPU and would distort the very
+overlap the runtime is built for. ``EventTimer`` has the same ``stage(name)``
+interface (so ``Perception4DNet.timer`` accepts it) but on CUDA records a pair
+of CUDA events on the current stream per stage and reads them only after the
+step's outputs reached the host (the step ends with a device-to-host copy, so
+the events have completed by then). On the CPU it measures wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+
+#: the stages a streaming step reports, in order
+STAGES = ("ingest", "align", "voxelize", "encoder", "backbone", "head", "outputs")
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds per stage of one step; 0.0 where a stage did not run.
+
+    ingest: host checks, pinned staging and the host-to-device copy of the new sweep (shared by the model sets
+    of one device); align: the window's sweeps transformed into the newest ego frame; voxelize: the
+    SparseTensor4D; encoder / backbone / head: the network; outputs: device-to-host copies and the per-task
+    outputs. total: wall time from the frame's arrival to the result (on the device's timeline for the stages,
+    on the host's for the total).
+    """
+
+    ingest: float = 0.0
+    align: float = 0.0
+    voxelize: float = 0.0
+    encoder: float = 0.0
+    backbone: float = 0.0
+    head: float = 0.0
+    outputs: float = 0.0
+    total: float = 0.0
+
+    def as_row(self) -> list[float]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+class EventTimer:
+    """``stage(name)`` timings: CUDA events on the current stream (no synchronisation), wall time on the CPU."""
+
+    enabled = True
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._pending: list[tuple[str, object, object]] = []
+        self._ms: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self._pending.clear()
+        self._ms.clear()
+
+    @contextmanager
+    def stage(self, name: str):
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(torch.cuda.current_stream(self.device))
+            try:
+                yield
+            finally:
+                end.record(torch.cuda.current_stream(self.device))
+                self._pending.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._ms[name] = self._ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def add(self, name: str, ms: float) -> None:
+        """Add a host-measured duration (e.g. a stage timed before this step's events)."""
+        self._ms[name] = self._ms.get(name, 0.0) + ms
+
+    def collect(self) -> dict[str, float]:
+        """Milliseconds per stage name; waits for the recorded events (already complete after the outputs' copy)."""
+        for name, start, end in self._pending:
+            end.synchronize()
+            self._ms[name] = self._ms.get(name, 0.0) + start.elapsed_time(end)
+        self._pending.clear()
+        return dict(self._ms)
+
+    def stage_times(self, total_ms: float) -> StageTimes:
+        """The collected stages as ``StageTimes``; a ``network`` stage (the whole model call) counts as
+        encoder + backbone + head, its remainder (the heads' device-to-host outputs) goes to ``outputs``."""
+        ms = self.collect()
+        network = ms.pop("network", None)
+        if network is not None:
+            inner = sum(ms.get(k, 0.0) for k in ("encoder", "backbone", "head"))
+            ms["outputs"] = ms.get("outputs", 0.0) + max(network - inner, 0.0)
+        return StageTimes(**{k: ms.get(k, 0.0) for k in STAGES}, total=total_ms)

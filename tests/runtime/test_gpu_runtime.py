@@ -1,0 +1,102 @@
+"""The runtime on CUDA (skipped without a GPU): offline parity, fp16 autocast, a real out-of-memory, streams, 2 GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from perception4d.core import Frame, Window
+from perception4d.datasets.sample import build_window_sample
+from perception4d.inference import DEFAULT_FLOW, load_model, predict_samples
+from perception4d.runtime.parallel import ParallelPredictor
+from perception4d.runtime.predictor import Predictor, Status, Warmup
+from perception4d.runtime.workers import PredictorOptions
+
+from .helpers import small_flow_spec, small_occ_spec, tiny_frames
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+WARMUP = Warmup(steps=2, points=5_000)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return tiny_frames(5, azimuth_deg=1.0)
+
+
+def test_cuda_fp32_matches_the_offline_tool_and_amp_stays_close(frames):
+    loaded = load_model(DEFAULT_FLOW, device="cuda")
+    fp32 = Predictor(loaded, "cuda", amp=False, warmup=WARMUP)
+    amp = Predictor(load_model(DEFAULT_FLOW, device="cuda"), "cuda", warmup=WARMUP)
+    assert amp.amp and "fp16 autocast" in amp.describe()
+    for k, f in enumerate(frames):
+        a, b = fp32.step(f), amp.step(f)
+        if k == 0:
+            continue
+        sample = build_window_sample(Window(tuple(frames[max(0, k - 4):k + 1])), loaded.geometry, with_targets=False)
+        offline = predict_samples(loaded, [sample])[0].flow
+        # the window is aligned on the device (cuBLAS float64): a few coordinates differ by one float32 ulp
+        np.testing.assert_allclose(a.flow.prediction.flow, offline.flow, atol=1e-3)
+        assert np.abs(b.flow.prediction.flow - offline.flow).max() < 5e-2
+        for t in (a.timings, b.timings):  # CUDA-event stage times
+            assert t.backbone > 0 and t.voxelize > 0 and t.align > 0 and t.total >= t.backbone
+
+
+def test_cuda_out_of_memory_names_the_frame_and_the_predictor_recovers(frames):
+    device = torch.device("cuda")
+    pred = Predictor(small_flow_spec(), device, warmup=WARMUP)
+    assert pred.step(frames[0]).status == Status.OK
+    assert pred.step(frames[1]).status == Status.OK
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = (torch.cuda.memory_reserved(device) + 512 * 2**20) / total
+    rng = np.random.default_rng(0)
+    n = 30_000_000  # ~1.4 GB of device memory for the sweep alone
+    big = Frame(np.c_[rng.uniform(-12, 12, (n, 2)), rng.uniform(-1, 3, n), rng.uniform(0, 1, n)].astype(np.float32),
+                frames[2].timestamp_ns, pose=frames[2].pose, extrinsic=frames[2].extrinsic, frame_id="huge/2")
+    torch.cuda.set_per_process_memory_fraction(cap, device)
+    try:
+        failed = pred.step(big)
+        assert failed.status == Status.FAILED and "huge/2" in failed.message and "out of memory" in failed.message
+        after = pred.step(frames[3])  # still under the cap
+        assert after.status == Status.OK and after.flow.frame_id == frames[1].frame_id
+        assert pred.gate.counters.failed == 1
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+def _compare(a, b, atol=1e-3):
+    assert [r.frame_id for r in a] == [r.frame_id for r in b]
+    for x, y in zip(a, b):
+        for name in x.results:
+            rx, ry = x.results[name], y.results[name]
+            assert rx.status == ry.status == Status.OK
+            if rx.flow is not None:
+                np.testing.assert_allclose(rx.flow.prediction.flow, ry.flow.prediction.flow, atol=atol)
+            if rx.mos is not None:
+                np.testing.assert_allclose(rx.mos.prob, ry.mos.prob, atol=atol)
+            if rx.occupancy is not None:
+                assert (rx.occupancy.prediction.semantics == ry.occupancy.prediction.semantics).mean() > 0.999
+
+
+def _run(models, workers, group, frames):
+    options = PredictorOptions(amp=False, warmup=WARMUP)
+    with ParallelPredictor(models, workers=workers, group=group, options=options) as pp:
+        for f in frames:
+            pp.submit(f)
+        return pp.drain()
+
+
+def test_two_streams_on_one_gpu_match_the_sequential_run(frames):
+    models = [small_flow_spec("flowmos", "cuda:0"), small_occ_spec("occupancy", "cuda:0")]
+    _compare(_run(models, "thread", "model", frames), _run(models, "inline", "device", frames))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("workers", ["thread", "process"])
+def test_two_gpus_match_one_gpu(frames, workers):
+    one = [small_flow_spec("flowmos", "cuda:0"), small_occ_spec("occupancy", "cuda:0")]
+    two = [replace(one[0]), replace(one[1], device="cuda:1")]
+    _compare(_run(two, workers, "device", frames), _run(one, "inline", "device", frames))
