@@ -3,6 +3,8 @@
 _base_ = ["./_base_/sparseunet.py"]
 
 _geometry = {{_base_.geometry}}
+# Geometry and time only: the simulator's intensities are a shortcut that does not transfer to real sensors.
+model = dict(encoder=dict(extra_features=0))
 train_dataloader = dict(batch_size=4,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, seeds=list(range(16)),
                                      frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
