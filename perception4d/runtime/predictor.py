@@ -162,9 +162,16 @@ class Predictor:
     def __init__(self, model: ModelSpec | LoadedModelSet | LoadedModel, device: torch.device | str, *,
                  amp: bool | None = None, mos_fusion: bool = False, mos_prior: float = 0.5,
                  policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
-                 host_transform: bool | None = None, stream_id: str = "stream"):
+                 host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None):
         self.device = torch.device(device)
         self.loaded = self._load(model)
+        # inference fusion (BatchNorm folded, bias/ReLU inside spconv's kernel): on by default on CUDA, where the
+        # network is launch-bound; identical arithmetic up to rounding (perception4d.models.fuse)
+        self.fused = self.device.type == "cuda" if fuse is None else bool(fuse)
+        if self.fused:
+            from perception4d.models.fuse import fuse_for_inference
+
+            self.loaded = replace(self.loaded, model=fuse_for_inference(self.loaded.model))
         self.name = self.loaded.name
         self.geometry = self.loaded.geometry
         self.tasks = self.loaded.tasks
@@ -200,6 +207,7 @@ class Predictor:
 
     def describe(self) -> str:
         return (f"{self.loaded.describe()}, {'fp16 autocast' if self.amp else 'fp32'}"
+                + (", fused for inference" if self.fused else "")
                 + (", fused MOS" if self.fusion is not None else ""))
 
     # -- streaming ------------------------------------------------------------------------------------

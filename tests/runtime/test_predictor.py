@@ -137,3 +137,14 @@ def test_amp_on_cpu_and_a_too_small_shared_ring_are_refused(flow_loaded):
         Predictor(flow_loaded, "cpu", amp=True, warmup=NO_WARMUP)
     with pytest.raises(ConfigError, match="holds 2 sweeps"):
         Predictor(flow_loaded, "cpu", ring=SweepRing("cpu", 2), warmup=NO_WARMUP)
+
+
+def test_fused_predictor_matches_the_unfused_one(flow_loaded, frames):
+    plain = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP)
+    fused = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, fuse=True)
+    assert not plain.fused and fused.fused and "fused for inference" in fused.describe()
+    assert fused.loaded.model is not flow_loaded.model  # a fused copy; the offline model is untouched
+    for f in frames[:3]:
+        a, b = plain.step(f), fused.step(f)
+        if a.flow is not None:
+            np.testing.assert_allclose(b.flow.prediction.flow, a.flow.prediction.flow, atol=1e-4)
