@@ -4,7 +4,7 @@
 # Usage: [TESTS=1] [TEST_PATHS="tests/models tests/ops"] [TRAIN="CONFIG@ITERS@GPU ..."] [TRAIN_LIMIT_S=420]
 #        [EVAL_SEEDS=2024,2025] [EVAL_FRAMES=8] [TRAIN_OPTS="extra --cfg-options"] [BENCH="voxelize flow mos occupancy occssc"] [EXTRA="shell command"] [DDP=1]
 #        tools/device_suite.sh OUT_DIR
-#   1. TESTS=1: the GPU tests of TEST_PATHS                                   -> logs/gpu_tests.log
+#   1. TESTS=1 (bg: alongside step 2): the GPU tests of TEST_PATHS                                  -> logs/gpu_tests.log
 #   2. TRAIN: each CONFIG trained for ITERS iterations on GPU index GPU, all of them at once (one job a GPU),
 #      then evaluated on the unseen simulator seeds EVAL_SEEDS and published -> ckpt/<stem>.{pth,py,log,scalars.json},
 #                                                                              logs/<stem>.eval.json
@@ -27,9 +27,14 @@ pack() {
 }
 trap pack EXIT
 
-if [ "${TESTS:-1}" = 1 ]; then
+run_tests() {
   # shellcheck disable=SC2086
-  python3 -m pytest -q -p no:cacheprovider ${TEST_PATHS:-tests/models tests/ops} 2>&1 | tail -15 | tee $logs/gpu_tests.log
+  python3 -m pytest -q -p no:cacheprovider -rs ${TEST_PATHS:-tests/models tests/ops} > $logs/gpu_tests_full.log 2>&1
+  tail -25 $logs/gpu_tests_full.log > $logs/gpu_tests.log
+}
+tests_pid=
+if [ "${TESTS:-1}" = 1 ]; then run_tests; cat $logs/gpu_tests.log
+elif [ "${TESTS:-1}" = bg ]; then run_tests & tests_pid=$!  # alongside the trainings (correctness only)
 fi
 
 train_one() {  # CONFIG ITERS GPU
@@ -64,6 +69,8 @@ if [ -n "${TRAIN:-}" ]; then
   for f in $logs/*.eval.json; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done
   for f in $logs/*.train_stdout.txt; do echo "== $f"; grep -v -i warn "$f" | grep -E "Iter\(train\)|Error|error" | tail -4; done
 fi
+
+[ -n "$tests_pid" ] && { wait "$tests_pid"; cat $logs/gpu_tests.log; }
 
 for b in ${BENCH-}; do
   case $b in
