@@ -29,7 +29,7 @@ trap pack EXIT
 
 run_tests() {
   # shellcheck disable=SC2086
-  python3 -m pytest -q -p no:cacheprovider -rs ${TEST_PATHS:-tests/models tests/ops} > $logs/gpu_tests_full.log 2>&1
+  timeout "${TESTS_LIMIT_S:-480}" python3 -m pytest -q -p no:cacheprovider -rs ${TEST_PATHS:-tests/models tests/ops} > $logs/gpu_tests_full.log 2>&1
   tail -25 $logs/gpu_tests_full.log > $logs/gpu_tests.log
 }
 tests_pid=
