@@ -288,6 +288,12 @@ class Predictor:
     # -- internals --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _forward(self, ring: SweepRing) -> tuple[AssembledWindow, object]:
+        if self.device.type == "cuda":  # spconv launches on the current device: make it this predictor's
+            with torch.cuda.device(self.device):
+                return self._forward_on_device(ring)
+        return self._forward_on_device(ring)
+
+    def _forward_on_device(self, ring: SweepRing) -> tuple[AssembledWindow, object]:
         asm = ring.assemble(self.geometry, flow_layout="flow" in self.tasks, sequence_id=self.stream_id,
                             timer=self.timer)
         model = self.loaded.model
