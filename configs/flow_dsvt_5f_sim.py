@@ -9,7 +9,7 @@ model = dict(backbone=dict(_delete_=True, type="VoxelTransformer4D", channels=(1
                            time_window=2, pool_stride=(2, 2, 2), ffn_ratio=4.0))
 train_dataloader = dict(batch_size=4,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, seeds=list(range(16)),
-                                     frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2")))
+                                     frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=_geometry, seeds=(1000,),
-                                   frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2")))
+                                   frames_per_sequence=6, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 test_dataloader = val_dataloader

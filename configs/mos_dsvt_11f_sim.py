@@ -11,9 +11,10 @@ model = dict(data_preprocessor=dict(geometry=geometry),
              heads=dict(_delete_=True, mos=dict(type="MosHead", hidden_channels=32, moving_weight=4.0)))
 train_dataloader = dict(batch_size=2,
                         dataset=dict(type="SimWindowDataset", geometry=geometry, tasks=("mos",),
-                                     seeds=list(range(8)), frames_per_sequence=16, preset=("hdl64e", "vlp32c_x2")))
+                                     seeds=list(range(8)), frames_per_sequence=16, preset=("hdl64e", "vlp32c_x2"),
+                                     terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=geometry, tasks=("mos",), seeds=(1000,),
-                                   frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2")))
+                                   frames_per_sequence=12, preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 test_dataloader = val_dataloader
 val_evaluator = dict(_delete_=True, type="MosMetric")
 test_evaluator = val_evaluator

@@ -13,10 +13,10 @@ model = dict(backbone=dict(_delete_=True, type="VoxelTransformer4D", channels=(1
 train_dataloader = dict(batch_size=2,
                         dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=("occupancy",),
                                      occupancy_grid=occupancy_grid, seeds=list(range(8)), frames_per_sequence=12,
-                                     preset=("hdl64e", "vlp32c_x2")))
+                                     preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 val_dataloader = dict(dataset=dict(type="SimWindowDataset", geometry=_geometry, tasks=("occupancy",),
                                    occupancy_grid=occupancy_grid, seeds=(1000,), frames_per_sequence=6,
-                                   preset=("hdl64e", "vlp32c_x2")))
+                                   preset=("hdl64e", "vlp32c_x2"), terrain="urban"))
 test_dataloader = val_dataloader
 val_evaluator = dict(_delete_=True, type="OccupancyMetric")
 test_evaluator = val_evaluator

@@ -16,6 +16,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from perception4d.models.backbone_spconv import SparseUNet4D  # noqa: F401  (registers the backbone)
+from perception4d.models.backbone_dsvt import VoxelTransformer4D  # noqa: F401  (registers the backbone)
 from perception4d.models.encoder import PointEncoder
 from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
 from perception4d.models.heads.mos import MosHead  # noqa: F401  (registers the head)
