@@ -21,6 +21,7 @@ from perception4d.models.encoder import PointEncoder
 from perception4d.models.heads.flow import FlowHead  # noqa: F401  (registers the head)
 from perception4d.models.heads.mos import MosHead  # noqa: F401  (registers the head)
 from perception4d.models.heads.occupancy import OccupancyHead  # noqa: F401  (registers the head)
+from perception4d.models.heads.occupancy_sparse import SparseOccupancyHead  # noqa: F401  (registers the head)
 from perception4d.models.preprocessor import BatchedWindows
 from perception4d.models.spconv_utils import guard_spconv_dtypes, set_spconv_algo
 from perception4d.errors import ConfigError
