@@ -73,7 +73,7 @@ model = dict(
                 0.2,
             )),
         type='WindowDataPreprocessor'),
-    encoder=dict(extra_features=1, hidden_channels=32, out_channels=16),
+    encoder=dict(extra_features=0, hidden_channels=32, out_channels=16),
     heads=dict(
         flow=dict(
             hidden_channels=32, speed_edges=(
@@ -88,7 +88,7 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(begin=0, by_epoch=False, end=100, start_factor=0.1, type='LinearLR'),
     dict(
-        T_max=1400,
+        T_max=1100,
         begin=100,
         by_epoch=False,
         eta_min=1e-05,
@@ -122,12 +122,13 @@ test_dataloader = dict(
             'vlp32c_x2',
         ),
         seeds=(1000, ),
+        terrain='urban',
         type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,
     sampler=dict(shuffle=False, type='DefaultSampler'))
 test_evaluator = dict(type='Av2FlowMetric')
-train_cfg = dict(max_iters=1500, type='IterBasedTrainLoop', val_interval=1500)
+train_cfg = dict(max_iters=1200, type='IterBasedTrainLoop', val_interval=1200)
 train_dataloader = dict(
     batch_size=4,
     collate_fn=dict(type='pseudo_collate'),
@@ -170,8 +171,9 @@ train_dataloader = dict(
             14,
             15,
         ],
+        terrain='urban',
         type='SimWindowDataset'),
-    num_workers=8,
+    num_workers=6,
     persistent_workers=True,
     sampler=dict(shuffle=True, type='InfiniteSampler'))
 val_cfg = dict(type='ValLoop')
@@ -200,6 +202,7 @@ val_dataloader = dict(
             'vlp32c_x2',
         ),
         seeds=(1000, ),
+        terrain='urban',
         type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,
@@ -211,4 +214,4 @@ visualizer = dict(
         dict(type='LocalVisBackend'),
         dict(type='TensorboardVisBackend'),
     ])
-work_dir = '/tmp/work_flow'
+work_dir = '/tmp/work_flow_sparseunet_5f_sim'

@@ -58,7 +58,7 @@ model = dict(
                 0.1,
             )),
         type='WindowDataPreprocessor'),
-    encoder=dict(extra_features=1, hidden_channels=32, out_channels=16),
+    encoder=dict(extra_features=0, hidden_channels=32, out_channels=16),
     heads=dict(
         mos=dict(hidden_channels=32, moving_weight=4.0, type='MosHead')),
     type='Perception4DNet')
@@ -104,6 +104,7 @@ test_dataloader = dict(
         ),
         seeds=(1000, ),
         tasks=('mos', ),
+        terrain='urban',
         type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,
@@ -145,8 +146,9 @@ train_dataloader = dict(
             7,
         ],
         tasks=('mos', ),
+        terrain='urban',
         type='SimWindowDataset'),
-    num_workers=8,
+    num_workers=6,
     persistent_workers=True,
     sampler=dict(shuffle=True, type='InfiniteSampler'))
 val_cfg = dict(type='ValLoop')
@@ -176,6 +178,7 @@ val_dataloader = dict(
         ),
         seeds=(1000, ),
         tasks=('mos', ),
+        terrain='urban',
         type='SimWindowDataset'),
     num_workers=0,
     persistent_workers=False,

@@ -164,6 +164,8 @@ class Predictor:
                  policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
                  host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda" -> the current device, by index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.loaded = self._load(model)
         # inference fusion (BatchNorm folded, bias/ReLU inside spconv's kernel): on by default on CUDA, where the
         # network is launch-bound; identical arithmetic up to rounding (perception4d.models.fuse)

@@ -24,6 +24,23 @@ from torch import nn
 
 from perception4d.models.dsvt.partition import LevelPlan, PoolMap, SetPartition, WindowSpec
 
+#: SDPA kernels allowed: cuDNN's attention failed at run time ("mha_graph.execute ... is_good()") on the MOS-size
+#: window of the backbone benchmark on an H200 (torch 2.11, cu130), so only flash, memory-efficient and math run
+_SDPA_BACKENDS = None
+
+
+def _attention(q, k, v, mask):
+    """``scaled_dot_product_attention`` restricted to ``_SDPA_BACKENDS`` on CUDA."""
+    global _SDPA_BACKENDS
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if _SDPA_BACKENDS is None:
+        _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(_SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
 
 def heads_for(channels: int, head_dim: int) -> int:
     if channels % head_dim:
@@ -42,7 +59,7 @@ def set_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: SetPa
         return t[idx].view(n_sets, size, heads, c // heads).transpose(1, 2)
 
     mask = part.valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(gather(q), gather(k), gather(v), attn_mask=mask)
+    out = _attention(gather(q), gather(k), gather(v), mask)
     return out.transpose(1, 2).reshape(n_sets * size, c)[part.inverse]
 
 
@@ -136,7 +153,7 @@ class AttentionPool(nn.Module):
         kv = self.kv(members + self.slot.weight.to(members.dtype)[None])
         key, value = kv.view(p, k, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (P, H, K, D) each
         q = self.q(query).view(p, self.heads, 1, c // self.heads)
-        att = F.scaled_dot_product_attention(q, key, value.to(q.dtype), attn_mask=pool.valid[:, None, None, :])
+        att = _attention(q, key, value.to(q.dtype), pool.valid[:, None, None, :])
         y = query + self.proj(att.reshape(p, c))
         return self.out(y)
 
