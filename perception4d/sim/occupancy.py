@@ -88,15 +88,19 @@ def _overlaps(p, x0, y0, z0, vx, vy, vz):
 
 
 @nb.njit(cache=True)
+def _half_extent_xy(p):
+    """Half extents along x and y of a primitive's axis-aligned footprint (yawed box, or cylinder radius)."""
+    if p[0] == 0:
+        return abs(p[7]) * p[4] + abs(p[8]) * p[5], abs(p[8]) * p[4] + abs(p[7]) * p[5]
+    return p[4], p[4]
+
+
+@nb.njit(cache=True)
 def _rasterize(prims, order, lower, vs, shape, owner):
     """Write each primitive's index into the voxels it meets, in ``order`` (later wins)."""
     for j in order:
         p = prims[j]
-        if p[0] == 0:
-            ex = abs(p[7]) * p[4] + abs(p[8]) * p[5]
-            ey = abs(p[8]) * p[4] + abs(p[7]) * p[5]
-        else:
-            ex = ey = p[4]
+        ex, ey = _half_extent_xy(p)
         lo = (p[1] - ex - _GROW, p[2] - ey - _GROW, p[3] - p[6] - _GROW)
         hi = (p[1] + ex + _GROW, p[2] + ey + _GROW, p[3] + p[6] + _GROW)
         i0 = max(0, int(math.floor((lo[0] - lower[0]) / vs[0])))
@@ -118,11 +122,7 @@ def _rasterize_tilted(prims, order, lower, vs, shape, owner, rot, trans):
     """``_rasterize`` for a grid tilted against the primitives' frame: p_level = rot @ p_grid + trans."""
     for j in order:
         p = prims[j]
-        if p[0] == 0:
-            ex = abs(p[7]) * p[4] + abs(p[8]) * p[5]
-            ey = abs(p[8]) * p[4] + abs(p[7]) * p[5]
-        else:
-            ex = ey = p[4]
+        ex, ey = _half_extent_xy(p)
         half = (ex + _GROW, ey + _GROW, p[6] + _GROW)
         lo = np.empty(3)
         hi = np.empty(3)
