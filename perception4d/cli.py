@@ -201,6 +201,65 @@ def cmd_infer(args: argparse.Namespace) -> int:
                               args.pictures, args.metrics, args.max_gap_s)
 
 
+# --- score -------------------------------------------------------------------------------------
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the model config (.py)")
+    p.add_argument("checkpoint", help="the trained weights (.pth)")
+    p.add_argument("--data", required=True, help="dataset root, sequence folder or log: every sequence found is scored")
+    p.add_argument("--format", default=None, help="semantickitti, av2 or nuscenes (default: detected)")
+    p.add_argument("--out", required=True, help="output folder; rerunning into it resumes the run")
+    p.add_argument("--tasks", default=None, help="comma list of flow, mos, occupancy (default: every head)")
+    p.add_argument("--mos-output", choices=["fused", "online"], default="fused",
+                   help="mos: the receding-horizon fused output (as p4d infer) or the newest window's")
+    p.add_argument("--refine", action="store_true", help="mos: instance-aware refinement of the written output")
+    p.add_argument("--occupancy-gt", default=None, help="occupancy: ground-truth folder to score against")
+    p.add_argument("--max-gap-s", type=float, default=None,
+                   help="largest time between consecutive sweeps before one counts as missing (default 0.25 s)")
+    p.add_argument("--device", default=None, help="in-process run: cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="fp16 autocast (default: on CUDA only)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of an in-process CPU run")
+    p.add_argument("--ray", action="store_true", help="spread the sequences over Ray workers (a local cluster)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. auto, ray://host:10001)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray workers (default: one per GPU, or CPUs / --cpus-per-worker without GPUs)")
+    p.add_argument("--cpus-per-worker", type=_positive_int, default=None,
+                   help="CPUs and torch threads of a Ray worker (default: 1 on CPU workers, min(8, CPUs / GPUs))")
+    p.add_argument("--retries", type=int, default=2, help="re-runs of a work unit whose worker died")
+    p.add_argument("--segment-frames", type=int, default=400, help="frames per work unit (0: whole sequences)")
+    p.add_argument("--chunk-frames", type=_positive_int, default=16,
+                   help="frames a worker scores between two manifest updates")
+    p.add_argument("--restart", action="store_true", help="discard an earlier run in --out instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no summary table")
+
+
+@command("score", _score_args)
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a model over whole datasets: per-frame outputs, metrics and a report; resumable, optionally on Ray.
+
+    Exit status 0 when every frame is finished (corrupt inputs are recorded as failed in the report),
+    1 when work remains (a unit failed, e.g. its worker died too often: rerun the same command to resume)
+    or when no sequence could be opened.
+    """
+    from perception4d.datasets.sample import DEFAULT_MAX_GAP_S
+    from perception4d.scoring import Execution, ScoreSettings, score
+
+    settings = ScoreSettings(config=args.config, checkpoint=args.checkpoint, data=args.data, out=args.out,
+                             format=args.format, tasks=tuple(args.tasks.split(",")) if args.tasks else None,
+                             mos_output=args.mos_output, refine=args.refine, occupancy_gt=args.occupancy_gt,
+                             max_gap_s=DEFAULT_MAX_GAP_S if args.max_gap_s is None else args.max_gap_s,
+                             amp=args.amp)
+    execution = Execution(backend="ray" if (args.ray or args.ray_address) else "local", device=args.device,
+                          threads=args.threads,
+                          ray_address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          retries=args.retries, segment_frames=args.segment_frames, chunk_frames=args.chunk_frames,
+                          progress=not args.no_progress,
+                          restart=args.restart)
+    run = score(settings, execution)
+    return 0 if run.complete and any(not s.error for s in run.sequences) else 1
+
+
 # --- occupancy ground truth ------------------------------------------------------------------
 
 def _occupancy_gt_args(p: argparse.ArgumentParser) -> None:
@@ -239,6 +298,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(out=args.out, seed=args.seed, frames=args.frames, preset=args.preset,
                     checkpoint=args.checkpoint, device=args.device)
+
+
+# --- ros-replay --------------------------------------------------------------------------------
+
+def _ros_replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("in_bag", metavar="IN_BAG", help="rosbag2 folder (or .mcap / .db3 file) with PointCloud2 + tf "
+                                                    "or odometry")
+    p.add_argument("out_bag", metavar="OUT_BAG", help="rosbag2 folder to create with the node's output topics")
+    p.add_argument("--params", default=None, help="the node's ROS 2 parameter YAML (ros_nodes/config/"
+                                                  "perception4d.yaml); the options below override it")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="a model set's checkpoint (repeat for several; default: the shipped flow and MOS ones)")
+    p.add_argument("--config", action="append", default=None, help="its config (repeat; default: beside it)")
+    p.add_argument("--device", action="append", default=None, help="cpu, cuda:0, ... (one, or one per checkpoint)")
+    p.add_argument("--runtime-config", default=None, help="configs/runtime/*.py instead of --checkpoint")
+    p.add_argument("--tasks", default=None, help="comma list of outputs: flow,mos,occupancy (default: all the "
+                                                 "models have)")
+    p.add_argument("--cloud-topic", default=None)
+    p.add_argument("--pose-source", choices=("tf", "odometry"), default=None)
+    p.add_argument("--fixed-frame", default=None)
+    p.add_argument("--base-frame", default=None)
+    p.add_argument("--odom-topic", default=None)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="0: every cloud, in order (default); R > 0: play at R x real time, dropping clouds that "
+                        "arrive while the network is busy (the live node's behaviour)")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=None, help="output storage (default: input's)")
+    p.add_argument("--bag-version", type=int, choices=(8, 9), default=8,
+                   help="rosbag2 metadata version (8: Humble and later read it; 9: Jazzy)")
+    p.add_argument("--copy", choices=("tf", "all", "none"), default="tf",
+                   help="input topics copied to the output bag (tf: /tf and /tf_static)")
+
+
+@command("ros-replay", _ros_replay_args)
+def cmd_ros_replay(args: argparse.Namespace) -> int:
+    """Run the ROS 2 perception node's logic on a rosbag2 and write its output topics to a new bag (no ROS)."""
+    from perception4d.ros.replay import print_replay, replay_from_args
+
+    print_replay(*replay_from_args(args))
+    return 0
 
 
 # --- entry point -------------------------------------------------------------------------------

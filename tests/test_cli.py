@@ -68,7 +68,7 @@ def test_console_script_help():
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "perception4d.cli"]
     res = subprocess.run(cmd + ["--help"], check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    expected = {"simulate", "render", "train", "eval", "infer", "occupancy-gt", "demo"}
+    expected = {"simulate", "render", "train", "eval", "infer", "occupancy-gt", "demo", "score", "ros-replay"}
     for name in expected:
         assert name in res.stdout
     assert set(COMMANDS) == expected

@@ -4,6 +4,8 @@
     python tools/benchmark.py flow|mos [--device cpu|cuda] [--precision fp32,fp16,amp] [--repeats 30]
     python tools/benchmark.py backbones [--device cpu|cuda] [--tasks flow,mos] [--time-modes window,axis]
     python tools/benchmark.py parallel [--runtime-config configs/runtime/X.py] [--devices cuda:0,cuda:1] [--frames 200]
+    python tools/benchmark.py ros-replay [--device cuda:0] [--rate 2] [--frames 200] [--max-gap-s 0.25]
+    python tools/benchmark.py score [--workers 1,2,4] [--task flow|mos] [--sequences 8] [--frames 50] [--data PATH]
 
 Each subcommand is a function registered in ``COMMANDS``; the helpers below
 (timing, peak memory, environment line, table) are shared by all of them.
@@ -578,7 +580,12 @@ def bench_backbones(args: argparse.Namespace) -> None:
             batch = model.data_preprocessor({"inputs": [sample]})["inputs"]
             feats, _ = model.encoder(batch.points, batch.time, batch.sparse)
         x = batch.sparse.to_spconv(feats)
-        candidates = [("SparseUNet4D", model.backbone, None)]
+        from perception4d.models.fuse import fuse_backbone
+        from perception4d.models.spconv_utils import guard_spconv_dtypes
+
+        fused = fuse_backbone(copy.deepcopy(model.backbone).eval())
+        guard_spconv_dtypes(fused)
+        candidates = [("SparseUNet4D", model.backbone, None), ("SparseUNet4D (fused)", fused, None)]
         for mode in args.time_modes.split(","):
             bcfg = Config.fromfile(str(REPO / "configs" / dsvt_cfg)).model.backbone
             bcfg.update(time_mode=mode, in_channels=model.encoder.out_channels)
@@ -613,6 +620,179 @@ def bench_backbones(args: argparse.Namespace) -> None:
         print()
         print(f"median of {args.repeats} runs after {args.warmup} warm-up runs, batch 1, the backbone alone on the "
               f"same encoder features; memory: {method}; 'plan' = the transformer's windows/sets/pooling tables")
+
+
+# -- ROS node load test ---------------------------------------------------------------------------------
+def _configure_ros_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="model set checkpoint(s) (repeat; default: the shipped flow checkpoint)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="hdl32e", help="simulated sensor (its frame rate is the sensor rate)")
+    p.add_argument("--azimuth-step", type=float, default=None, help="override the preset's azimuth resolution (deg)")
+    p.add_argument("--frames", type=int, default=200, help="sweeps in the bag of the real-time run")
+    p.add_argument("--ordered-frames", type=int, default=20, help="sweeps of the every-frame run (the bag's first)")
+    p.add_argument("--rate", type=float, default=2.0, help="playback speed: multiple of the sensor rate")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default="mcap")
+    p.add_argument("--max-gap-s", type=float, default=0.25, help="the frame policy's gap: processed sweeps further "
+                   "apart start a new window (no flow for the sweep before); raise it when the node skips sweeps")
+    p.add_argument("--seed", type=int, default=3)
+
+
+@command("ros-replay", "ROS node load test: a simulated bag replayed at N x the sensor rate through the node's "
+         "logic (keep-newest mailbox): latency and drop rate", _configure_ros_replay)
+def bench_ros_replay(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from perception4d.ros.bags import BagLayout, write_frames
+    from perception4d.ros.core import build_predictor
+    from perception4d.ros.params import NodeParams
+    from perception4d.ros.replay import replay_bag
+    from perception4d.runtime import Warmup
+    from perception4d.sim import get_preset, simulate
+
+    preset = get_preset(args.preset)
+    if args.azimuth_step:
+        preset = preset.with_overrides(azimuth_resolution_deg=args.azimuth_step)
+    frames = simulate(preset, num_frames=args.frames, seed=args.seed, occupancy=None).frames
+    n_points = int(np.mean([f.num_points for f in frames]))
+    params = NodeParams(checkpoints=args.checkpoint or ["flow_sparseunet_5f_sim.pth"], devices=[args.device],
+                        tf_timeout_s=0.5, diagnostics_period_s=1.0, max_gap_s=args.max_gap_s)
+    sensor_hz = 1e9 / preset.frame_period_ns
+    rows, stage_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = BagLayout(storage=args.storage)
+        bags = {0.0: write_frames(Path(tmp) / "ordered", frames[:args.ordered_frames], layout),
+                args.rate: write_frames(Path(tmp) / "realtime", frames, layout)}
+        for rate, bag in bags.items():  # every frame (per-frame latency), then N x real time (drops)
+            predictor = build_predictor(params, warmup=Warmup(steps=2, points=n_points))
+            try:
+                report, core = replay_bag(bag, Path(tmp) / f"out{rate:g}", params, predictor, rate=rate,
+                                          storage=args.storage, copy="none")
+            finally:
+                close = getattr(predictor, "close", None)
+                if close is not None:
+                    close()
+            c, g = core.counters, core.gate_counters
+            dropped = c.superseded + c.malformed + c.no_pose + g.dropped
+            e2e = np.asarray(core.latency.end_to_end)
+            label = "every frame, in order" if rate == 0 else f"{rate:g}x sensor rate ({rate * sensor_hz:.0f} Hz)"
+            rows.append([label, c.received, c.stepped, c.superseded, f"{dropped / max(c.received, 1):.1%}",
+                         f"{c.stepped / report.wall_s:.2f}", f"{np.percentile(e2e, 50):.0f}",
+                         f"{np.percentile(e2e, 95):.0f}", f"{e2e.max():.0f}", f"{np.mean(core.latency.waited):.0f}",
+                         c.published_clouds])
+            for name in core.model_tasks:
+                st = np.median(np.asarray(core.latency.stages.get(name, [[np.nan] * 8])), axis=0)
+                stage_rows.append([label, name, *(f"{v:.1f}" for v in st)])
+    print(f"## ROS node load test: simulated {preset.name} sweeps (~{n_points} points, sensor "
+          f"{sensor_hz:g} Hz), model sets {[s.name for s in params.model_specs()]} on {args.device}, "
+          f"max_gap_s {args.max_gap_s:g}")
+    print(environment_line(torch.device(args.device)))
+    print()
+    print(markdown_table(["replay", "clouds", "processed", "superseded", "drop rate", "processed / s",
+                          "latency p50 (ms)", "p95 (ms)", "max (ms)", "queue wait mean (ms)", "clouds published"],
+                         rows))
+    print()
+    print(markdown_table(["replay", "model set", "ingest", "align", "voxelize", "encoder", "backbone", "head",
+                          "outputs", "total"], stage_rows))
+    print()
+    print("latency: host wall time from a cloud's arrival at the node (the bag clock hands it over) to its outputs "
+          "being built (decode, pose, predictor step, messages); the annotated cloud of a sweep goes out with the "
+          "next sweep's step (flow needs the successor), one sensor period later. superseded: clouds replaced in "
+          "the node's one-message mailbox before the worker took them (keep last 1). stage columns: medians in ms "
+          "over the steps that ran the network (not the first sweep of a window).")
+
+
+# -- batch scoring on Ray ----------------------------------------------------------------------------
+def _configure_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", default="1,2", help="comma list of Ray worker counts (one GPU each when the "
+                                                    "machine has GPUs, else CPU workers)")
+    p.add_argument("--task", choices=("flow", "mos"), default="flow", help="which shipped checkpoint scores")
+    p.add_argument("--config", help="model config (default: the task's shipped checkpoint's)")
+    p.add_argument("--checkpoint", help="weights (default: the task's shipped checkpoint)")
+    p.add_argument("--data", help="dataset to score (default: simulated sequences in a temporary folder)")
+    p.add_argument("--sequences", type=int, default=8, help="simulated sequences (one seed each)")
+    p.add_argument("--frames", type=int, default=50, help="frames per simulated sequence")
+    p.add_argument("--preset", default="vlp32c_x2", help="simulated sensor (vlp32c_x2: AV2-size sweeps)")
+    p.add_argument("--azimuth-step", type=float, help="override the preset's azimuth resolution (deg; CPU runs)")
+    p.add_argument("--cpus-per-worker", type=int, help="CPUs (and torch threads) per worker (default: the "
+                                                       "machine's CPUs over the largest worker count, at most 8)")
+    p.add_argument("--segment-frames", type=int, default=0, help="frames per work unit (0: whole sequences)")
+    p.add_argument("--chunk-frames", type=int, default=16)
+    p.add_argument("--out", help="keep the runs' outputs here (default: a temporary folder, removed)")
+
+
+@command("score", "batch scoring on Ray: frames/s with 1, 2 (4) workers and the parallel efficiency",
+         _configure_score)
+def bench_score(args: argparse.Namespace) -> None:
+    """The same dataset scored with each worker count into a fresh folder; efficiency = fps_n / (n * fps_1)."""
+    import json
+    import shutil
+    import tempfile
+
+    import ray
+
+    from perception4d.inference import DEFAULT_FLOW, DEFAULT_MOS
+    from perception4d.scoring import Execution, ScoreSettings, score
+    from perception4d.sim import get_preset, simulate, write_av2, write_semantickitti
+
+    counts = [int(n) for n in args.workers.split(",")]
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+        if gpus and max(counts) > gpus:
+            print(f"(worker counts above the {gpus} GPUs are left out: {[n for n in counts if n > gpus]})")
+            counts = [n for n in counts if n <= gpus]
+        per_worker = args.cpus_per_worker or max(1, min(8, cpus // max(counts)))
+        root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="p4d_bench_score_"))
+        checkpoint = args.checkpoint or str(DEFAULT_FLOW if args.task == "flow" else DEFAULT_MOS)
+        config = args.config or str(Path(checkpoint).with_suffix(".py"))
+        data = args.data
+        if data is None:
+            preset = get_preset(args.preset)
+            if args.azimuth_step:
+                preset = preset.with_overrides(azimuth_resolution_deg=args.azimuth_step)
+            t0 = time.perf_counter()
+            for seed in range(args.sequences):
+                seq = simulate(preset, num_frames=args.frames, seed=seed, occupancy=None)
+                if args.task == "flow":
+                    write_av2(seq, root / "data", overwrite=True)
+                else:
+                    write_semantickitti(seq, root / "data", sequence=f"{seed:02d}", overwrite=True)
+            data = str(root / "data")
+            print(f"simulated {args.sequences} x {args.frames} frames of {preset.name} in "
+                  f"{time.perf_counter() - t0:.0f} s")
+        rows, runs = [], []
+        for n in counts:
+            out = root / f"workers_{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            run = score(ScoreSettings(config, checkpoint, data, str(out)),
+                        Execution(backend="ray", workers=n, cpus_per_worker=per_worker,
+                                  segment_frames=args.segment_frames, chunk_frames=args.chunk_frames,
+                                  progress=False))
+            runs.append(run)
+            st, first = run.stats, runs[0].stats
+            per_worker_fps = first.frames_per_s / counts[0]
+            devices = ", ".join(sorted({w.device for w in st.workers}))
+            rows.append([n, devices, st.frames_scored, f"{st.startup_s:.1f}", f"{st.scoring_s:.1f}",
+                         f"{st.frames_per_s:.2f}", f"{st.frames_per_s / first.frames_per_s:.2f}x",
+                         f"{st.frames_per_s / (n * per_worker_fps):.2f}"])
+        same = all(json.dumps(r.report["metrics"]) == json.dumps(runs[0].report["metrics"]) for r in runs)
+        print(f"## batch scoring on Ray: {args.task}, {runs[0].report['frames']['total']} frames in "
+              f"{len(runs[0].sequences)} sequences, {per_worker} CPU(s) per worker")
+        print(environment_line(torch.device("cuda" if gpus else "cpu")))
+        print(runs[0].report["model"])
+        print()
+        print(markdown_table(["workers", "devices", "frames", "start-up (s)", "scoring (s)", "frames/s",
+                              f"speed-up vs {counts[0]}", "parallel efficiency"], rows))
+        print()
+        print(f"frames/s: frames over the scoring time (from every worker ready to the last chunk: start-up, i.e. "
+              f"model load and warm-up, excluded); efficiency = frames/s / (workers x frames/s of {counts[0]} "
+              f"worker(s) per worker), target >= 0.9; metrics identical across runs: {'yes' if same else 'NO'}")
+        if not args.out:
+            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

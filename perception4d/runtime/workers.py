@@ -293,6 +293,8 @@ def process_main(spec: WorkerSpec, inbox, outbox) -> None:
         except Exception:  # noqa: BLE001 - reported to the caller
             outbox.put(StartFailed(spec.name, traceback.format_exc()))
             return
+        if spec.threads:  # numba's first compilation in this process (warm-up) resets torch's thread count
+            torch.set_num_threads(int(spec.threads))
         outbox.put(Ready(spec.name, group.describe(), group.warmup_s))
         serve(group, spec.name, inbox, outbox, wire=True)
 
