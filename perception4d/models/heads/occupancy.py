@@ -98,8 +98,39 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+class OccupancyLossSettings:
+    """Loss settings shared by the occupancy heads (dense here, generative sparse in ``occupancy_sparse``)."""
+
+    def _init_loss(self, num_classes: int, class_weights: Sequence[float] | None, free_weight: float,
+                   lovasz_weight: float, velocity_weight: float, static_velocity_weight: float,
+                   moving_threshold: float, free_visible_only: bool) -> None:
+        name = type(self).__name__
+        self.num_classes = int(num_classes)
+        if not 2 <= self.num_classes <= OCC_IGNORE:
+            raise ConfigError(f"{name}.num_classes must be in 2..{OCC_IGNORE}, got {num_classes}")
+        if class_weights is not None and len(class_weights) != self.num_classes:
+            raise ConfigError(f"{name}.class_weights needs {self.num_classes} values, got {len(class_weights)}")
+        self.register_buffer("fixed_weights", None if class_weights is None else
+                             torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+        self.free_weight = float(free_weight)
+        self.lovasz_weight = float(lovasz_weight)
+        self.velocity_weight = float(velocity_weight)
+        self.static_velocity_weight = float(static_velocity_weight)
+        self.moving_threshold = float(moving_threshold)
+        self.free_visible_only = bool(free_visible_only)
+
+    def class_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """(K,) cross-entropy weights: ``class_weights`` if given, else ENet's rule on ``labels``."""
+        if self.fixed_weights is not None:
+            return self.fixed_weights.to(labels.device)
+        freq = torch.bincount(labels, minlength=self.num_classes).float() / max(labels.numel(), 1)
+        w = 1.0 / torch.log(ENET_C + freq)
+        w[OCC_FREE] = w[OCC_FREE] * self.free_weight
+        return w
+
+
 @MODELS.register_module()
-class OccupancyHead(nn.Module):
+class OccupancyHead(OccupancyLossSettings, nn.Module):
     """Dense semantic occupancy and velocity on ``grid`` from the backbone voxels (see the module docstring)."""
 
     task = "occupancy"
@@ -123,20 +154,8 @@ class OccupancyHead(nn.Module):
         self.channels = tuple(int(c) for c in channels)
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"OccupancyHead.channels needs at least one positive width, got {channels}")
-        self.num_classes = int(num_classes)
-        if not 2 <= self.num_classes <= OCC_IGNORE:
-            raise ConfigError(f"OccupancyHead.num_classes must be in 2..{OCC_IGNORE}, got {num_classes}")
-        if class_weights is not None and len(class_weights) != self.num_classes:
-            raise ConfigError(f"OccupancyHead.class_weights needs {self.num_classes} values, got "
-                              f"{len(class_weights)}")
-        self.register_buffer("fixed_weights", None if class_weights is None else
-                             torch.tensor(class_weights, dtype=torch.float32), persistent=False)
-        self.free_weight = float(free_weight)
-        self.lovasz_weight = float(lovasz_weight)
-        self.velocity_weight = float(velocity_weight)
-        self.static_velocity_weight = float(static_velocity_weight)
-        self.moving_threshold = float(moving_threshold)
-        self.free_visible_only = bool(free_visible_only)
+        self._init_loss(num_classes, class_weights, free_weight, lovasz_weight, velocity_weight,
+                        static_velocity_weight, moving_threshold, free_visible_only)
         self.fine_evidence = bool(fine_evidence)
 
         c = self.channels
@@ -188,15 +207,6 @@ class OccupancyHead(nn.Module):
         return OccupancyOutput(logits=y[:, :self.num_classes], velocity=y[:, self.num_classes:])
 
     # loss ----------------------------------------------------------------------
-    def class_weights(self, labels: torch.Tensor) -> torch.Tensor:
-        """(K,) cross-entropy weights: ``class_weights`` if given, else ENet's rule on ``labels``."""
-        if self.fixed_weights is not None:
-            return self.fixed_weights.to(labels.device)
-        freq = torch.bincount(labels, minlength=self.num_classes).float() / max(labels.numel(), 1)
-        w = 1.0 / torch.log(ENET_C + freq)
-        w[OCC_FREE] = w[OCC_FREE] * self.free_weight
-        return w
-
     def supervised(self, targets) -> torch.Tensor:
         """(B, X, Y, Z) bool: voxels the classification loss sees."""
         sem = targets.semantics

@@ -59,7 +59,7 @@ from torch import nn
 from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
 from perception4d.errors import ConfigError
-from perception4d.models.heads.occupancy import ENET_C, OccupancyPrediction, lovasz_softmax
+from perception4d.models.heads.occupancy import OccupancyLossSettings, OccupancyPrediction, lovasz_softmax
 from perception4d.models.spconv_utils import import_spconv
 from perception4d.ops.scatter import scatter_mean
 from perception4d.registry import MODELS
@@ -156,7 +156,7 @@ class _Generative(nn.Module):
 
 
 @MODELS.register_module()
-class SparseOccupancyHead(nn.Module):
+class SparseOccupancyHead(OccupancyLossSettings, nn.Module):
     """Sparse generative semantic occupancy and velocity on ``grid`` (see the module docstring)."""
 
     task = "occupancy"
@@ -190,11 +190,6 @@ class SparseOccupancyHead(nn.Module):
                                   f"resolution, coarse_factor {f}), got {values}")
         if any(n < 8 for n in self.max_voxels[1:]):
             raise ConfigError(f"{name}.max_voxels: every finer level needs room for the 8 children of one voxel")
-        self.num_classes = int(num_classes)
-        if not 2 <= self.num_classes <= OCC_IGNORE:
-            raise ConfigError(f"{name}.num_classes must be in 2..{OCC_IGNORE}, got {num_classes}")
-        if class_weights is not None and len(class_weights) != self.num_classes:
-            raise ConfigError(f"{name}.class_weights needs {self.num_classes} values, got {len(class_weights)}")
         if not 0.0 < prune_threshold < 1.0:
             raise ConfigError(f"{name}.prune_threshold is a probability in (0, 1), got {prune_threshold}")
         if int(completion_steps) < 0 or int(coarse_blocks) < 0:
@@ -202,16 +197,10 @@ class SparseOccupancyHead(nn.Module):
         if coarse_seeds not in ("observed", "all"):
             raise ConfigError(f"{name}.coarse_seeds is 'observed' or 'all', got {coarse_seeds!r}")
         self.coarse_seeds = coarse_seeds
-        self.register_buffer("fixed_weights", None if class_weights is None else
-                             torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+        self._init_loss(num_classes, class_weights, free_weight, lovasz_weight, velocity_weight,
+                        static_velocity_weight, moving_threshold, free_visible_only)
         self.prune_logit = math.log(prune_threshold / (1.0 - prune_threshold))
         self.prune_weight = float(prune_weight)
-        self.free_weight = float(free_weight)
-        self.lovasz_weight = float(lovasz_weight)
-        self.velocity_weight = float(velocity_weight)
-        self.static_velocity_weight = float(static_velocity_weight)
-        self.moving_threshold = float(moving_threshold)
-        self.free_visible_only = bool(free_visible_only)
 
         c = self.channels
         cin = in_channels + 3
@@ -330,15 +319,6 @@ class SparseOccupancyHead(nn.Module):
         return self._output(levels, x.indices, x.features, bs)
 
     # loss ----------------------------------------------------------------------
-    def class_weights(self, labels: torch.Tensor) -> torch.Tensor:
-        """(K,) cross-entropy weights: ``class_weights`` if given, else ENet's rule on ``labels``."""
-        if self.fixed_weights is not None:
-            return self.fixed_weights.to(labels.device)
-        freq = torch.bincount(labels, minlength=self.num_classes).float() / max(labels.numel(), 1)
-        w = 1.0 / torch.log(ENET_C + freq)
-        w[OCC_FREE] = w[OCC_FREE] * self.free_weight
-        return w
-
     def dense_semantics(self, out: SparseOccupancyOutput) -> torch.Tensor:
         """(B, X, Y, Z) int64 predicted classes on the output's device: the survivors' argmax, free elsewhere."""
         sem = torch.full((out.batch_size, *self.grid.grid_shape), OCC_FREE, dtype=torch.long,
