@@ -26,7 +26,7 @@ def run_demo(out: str = "demo_out", seed: int = 2024, frames: int = 5, preset: s
     from perception4d.datasets.sample import build_window_sample
     from perception4d.inference import load_model
     from perception4d.metrics.flow import FlowSample, av2_2023_frame_stats, av2_2023_result
-    from perception4d.sim import simulate
+    from perception4d.sim import OCC3D_GEOMETRY, simulate
     from perception4d.tasks.flow_infer import flow_picture
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -35,7 +35,7 @@ def run_demo(out: str = "demo_out", seed: int = 2024, frames: int = 5, preset: s
     loaded = load_model(checkpoint, device=device)
     geometry = loaded.geometry
     n_frames = max(frames, 2)
-    seq = simulate(preset=preset, num_frames=n_frames, seed=seed, occupancy=None)
+    seq = simulate(preset=preset, num_frames=n_frames, seed=seed, occupancy=OCC3D_GEOMETRY)
     t_sim = time.perf_counter() - t_start
     window = Window(tuple(seq.frames[-geometry.num_frames:]))
     sample = build_window_sample(window, geometry, f"sim_{preset}_{seed}")
@@ -73,6 +73,7 @@ def run_demo(out: str = "demo_out", seed: int = 2024, frames: int = 5, preset: s
     paths.append(flow_picture(sample.source_xyz, gt.flow, result.flow.ego_flow, sample.meta.dt,
                               out_dir / "demo_flow_ground_truth.png", f"ground-truth scene flow, sim seed {seed}"))
     paths.append(_demo_mos(seq.frames, out_dir, device))
+    paths += _demo_occupancy(seq, out_dir, device)
     for p in paths:
         print(f"wrote {p}")
     print(f"done in {time.perf_counter() - t_start:.1f} s")
@@ -99,3 +100,27 @@ def _demo_mos(frames, out_dir: Path, device: str) -> Path:
           f"recall {res.recall:.3f}, false-moving rate {res.false_moving_rate:.4f}")
     return mos_picture(sample.source_xyz, result.mos.current > 0.5, out_dir / "demo_mos.png",
                        "predicted moving points of the newest scan")
+
+
+def _demo_occupancy(seq, out_dir: Path, device: str) -> list[Path]:
+    """Semantic occupancy of the newest scan (Occ3D-style grid) against the simulator's complete ground truth."""
+    from perception4d.core import Window
+    from perception4d.datasets.sample import build_window_sample
+    from perception4d.inference import DEFAULT_OCCUPANCY, load_model, predict_samples
+    from perception4d.metrics.occupancy import occupancy_result
+    from perception4d.metrics.occupancy_metric import OccupancyMetric
+    from perception4d.viz.occupancy import save_occupancy_pictures
+
+    t0 = time.perf_counter()
+    loaded = load_model(DEFAULT_OCCUPANCY, device=device, task="occupancy")
+    frames = seq.frames[-loaded.geometry.num_frames:]
+    sample = build_window_sample(Window(tuple(frames)), loaded.geometry, "demo", tasks=("occupancy",),
+                                 occupancy=seq.occupancy[len(seq.frames) - 1])
+    result = predict_samples(loaded, [sample])[0]
+    r = occupancy_result([OccupancyMetric().frame_stats(result.to_occupancy_sample())])
+    grid = result.occupancy.geometry
+    print(f"semantic occupancy of the newest scan on the {'x'.join(map(str, grid.grid_shape))} grid at "
+          f"{grid.voxel_size[0]:g} m in {time.perf_counter() - t0:.1f} s: IoU {r.geometry_iou:.3f}, "
+          f"mIoU {r.miou:.3f}, RayIoU {r.rayiou:.3f} (visible voxels of the simulator's ground truth)")
+    return save_occupancy_pictures(result.occupancy.semantics, grid, out_dir / "demo_occupancy",
+                                   "predicted occupancy of the newest scan")
