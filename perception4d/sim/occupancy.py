@@ -96,6 +96,12 @@ def _half_extent_xy(p):
 
 
 @nb.njit(cache=True)
+def _cell_span(lo, hi, lower, size, n):
+    """First and last cell index (clipped to 0..n-1) of the interval [lo, hi] on an axis of cells of ``size``."""
+    return max(0, int(math.floor((lo - lower) / size))), min(n - 1, int(math.floor((hi - lower) / size)))
+
+
+@nb.njit(cache=True)
 def _rasterize(prims, order, lower, vs, shape, owner):
     """Write each primitive's index into the voxels it meets, in ``order`` (later wins)."""
     for j in order:
@@ -103,12 +109,9 @@ def _rasterize(prims, order, lower, vs, shape, owner):
         ex, ey = _half_extent_xy(p)
         lo = (p[1] - ex - _GROW, p[2] - ey - _GROW, p[3] - p[6] - _GROW)
         hi = (p[1] + ex + _GROW, p[2] + ey + _GROW, p[3] + p[6] + _GROW)
-        i0 = max(0, int(math.floor((lo[0] - lower[0]) / vs[0])))
-        i1 = min(shape[0] - 1, int(math.floor((hi[0] - lower[0]) / vs[0])))
-        j0 = max(0, int(math.floor((lo[1] - lower[1]) / vs[1])))
-        j1 = min(shape[1] - 1, int(math.floor((hi[1] - lower[1]) / vs[1])))
-        k0 = max(0, int(math.floor((lo[2] - lower[2]) / vs[2])))
-        k1 = min(shape[2] - 1, int(math.floor((hi[2] - lower[2]) / vs[2])))
+        i0, i1 = _cell_span(lo[0], hi[0], lower[0], vs[0], shape[0])
+        j0, j1 = _cell_span(lo[1], hi[1], lower[1], vs[1], shape[1])
+        k0, k1 = _cell_span(lo[2], hi[2], lower[2], vs[2], shape[2])
         for ix in range(i0, i1 + 1):
             for iy in range(j0, j1 + 1):
                 for iz in range(k0, k1 + 1):
@@ -130,12 +133,9 @@ def _rasterize_tilted(prims, order, lower, vs, shape, owner, rot, trans):
             c = (rot[0, k] * (p[1] - trans[0]) + rot[1, k] * (p[2] - trans[1]) + rot[2, k] * (p[3] - trans[2]))
             r = abs(rot[0, k]) * half[0] + abs(rot[1, k]) * half[1] + abs(rot[2, k]) * half[2]
             lo[k], hi[k] = c - r, c + r
-        i0 = max(0, int(math.floor((lo[0] - lower[0]) / vs[0])))
-        i1 = min(shape[0] - 1, int(math.floor((hi[0] - lower[0]) / vs[0])))
-        j0 = max(0, int(math.floor((lo[1] - lower[1]) / vs[1])))
-        j1 = min(shape[1] - 1, int(math.floor((hi[1] - lower[1]) / vs[1])))
-        k0 = max(0, int(math.floor((lo[2] - lower[2]) / vs[2])))
-        k1 = min(shape[2] - 1, int(math.floor((hi[2] - lower[2]) / vs[2])))
+        i0, i1 = _cell_span(lo[0], hi[0], lower[0], vs[0], shape[0])
+        j0, j1 = _cell_span(lo[1], hi[1], lower[1], vs[1], shape[1])
+        k0, k1 = _cell_span(lo[2], hi[2], lower[2], vs[2], shape[2])
         bx = abs(rot[0, 0]) * vs[0] + abs(rot[0, 1]) * vs[1] + abs(rot[0, 2]) * vs[2]
         by = abs(rot[1, 0]) * vs[0] + abs(rot[1, 1]) * vs[1] + abs(rot[1, 2]) * vs[2]
         bz = abs(rot[2, 0]) * vs[0] + abs(rot[2, 1]) * vs[1] + abs(rot[2, 2]) * vs[2]

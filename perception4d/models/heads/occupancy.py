@@ -99,7 +99,8 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class OccupancyLossSettings:
-    """Loss settings shared by the occupancy heads (dense here, generative sparse in ``occupancy_sparse``)."""
+    """Loss settings and target checks shared by the occupancy heads (dense here, generative sparse in
+    ``occupancy_sparse``); the head sets ``self.grid``."""
 
     def _init_loss(self, num_classes: int, class_weights: Sequence[float] | None, free_weight: float,
                    lovasz_weight: float, velocity_weight: float, static_velocity_weight: float,
@@ -127,6 +128,15 @@ class OccupancyLossSettings:
         w = 1.0 / torch.log(ENET_C + freq)
         w[OCC_FREE] = w[OCC_FREE] * self.free_weight
         return w
+
+    def _check_targets(self, targets) -> None:
+        if targets is None:
+            raise ValueError("the occupancy loss needs samples with occupancy ground truth (tasks including "
+                             "'occupancy', with_targets=True)")
+        g = targets.geometry
+        if g.point_range != self.grid.point_range or g.voxel_size != self.grid.voxel_size:
+            raise ValueError(f"occupancy ground truth on {g.point_range} at {g.voxel_size} m, the head predicts "
+                             f"{self.grid.point_range} at {self.grid.voxel_size} m")
 
 
 @MODELS.register_module()
@@ -214,15 +224,6 @@ class OccupancyHead(OccupancyLossSettings, nn.Module):
         if self.free_visible_only:
             keep &= (sem != OCC_FREE) | targets.visible
         return keep
-
-    def _check_targets(self, targets) -> None:
-        if targets is None:
-            raise ValueError("the occupancy loss needs samples with occupancy ground truth (tasks including "
-                             "'occupancy', with_targets=True)")
-        g = targets.geometry
-        if g.point_range != self.grid.point_range or g.voxel_size != self.grid.voxel_size:
-            raise ValueError(f"occupancy ground truth on {g.point_range} at {g.voxel_size} m, the head predicts "
-                             f"{self.grid.point_range} at {self.grid.voxel_size} m")
 
     def loss(self, out: OccupancyOutput, batch) -> dict[str, torch.Tensor]:
         t = batch.occupancy

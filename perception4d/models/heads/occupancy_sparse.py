@@ -263,15 +263,6 @@ class SparseOccupancyHead(OccupancyLossSettings, nn.Module):
         occ = occ_l[at]
         return occ, occ | (free_l[at] & ~ign_l[at])
 
-    def _check_targets(self, targets) -> None:
-        if targets is None:
-            raise ValueError("the occupancy loss needs samples with occupancy ground truth (tasks including "
-                             "'occupancy', with_targets=True)")
-        g = targets.geometry
-        if g.point_range != self.grid.point_range or g.voxel_size != self.grid.voxel_size:
-            raise ValueError(f"occupancy ground truth on {g.point_range} at {g.voxel_size} m, the head predicts "
-                             f"{self.grid.point_range} at {self.grid.voxel_size} m")
-
     # forward -------------------------------------------------------------------
     def _keep(self, x, logits: torch.Tensor, level: int, batch) -> torch.Tensor:
         score = logits.detach().float()
