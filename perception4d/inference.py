@@ -46,6 +46,16 @@ class LoadedModel:
     checkpoint_path: Path
 
 
+def load_weights(model: torch.nn.Module, checkpoint: Path, config_path: Path) -> None:
+    """Load a checkpoint's weights into ``model`` built from ``config_path``; a mismatch raises ``ConfigError``."""
+    from perception4d.engine.checkpoint import load_state_dict
+
+    missing, unexpected = model.load_state_dict(load_state_dict(str(checkpoint)), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{checkpoint} does not match {config_path}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+
+
 def load_model(checkpoint: str | Path | None = None, config: str | Path | None = None,
                device: str | torch.device = "cpu", task: str | None = None) -> LoadedModel:
     """Build the model of ``config`` (default: the ``.py`` beside the checkpoint) and load its weights.
@@ -55,7 +65,6 @@ def load_model(checkpoint: str | Path | None = None, config: str | Path | None =
     """
     from mmengine.config import Config
 
-    from perception4d.engine.checkpoint import load_state_dict
     from perception4d.models import build_model
 
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_FLOW
@@ -70,10 +79,7 @@ def load_model(checkpoint: str | Path | None = None, config: str | Path | None =
         raise ConfigError(f"{cfg_path} ({ckpt.name}) has no {task!r} head, only {sorted(cfg.model.heads)}: "
                           f"pass a checkpoint trained for {task}")
     model = build_model(cfg.model)
-    state = load_state_dict(str(ckpt))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{ckpt} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, ckpt, cfg_path)
     device = torch.device(device)
     model.to(device).eval()
     return LoadedModel(model, Geometry.from_config(cfg.geometry), device, cfg_path, ckpt)

@@ -91,7 +91,7 @@ def load_model_set(spec: ModelSpec, device: torch.device | str) -> LoadedModelSe
     """Build ``spec``'s network, load its weights (or initialise it from ``init_seed``), move it to ``device``."""
     from mmengine.config import Config
 
-    from perception4d.engine.checkpoint import load_state_dict
+    from perception4d.inference import load_weights
     from perception4d.models import build_model
 
     device = torch.device(device)
@@ -108,9 +108,7 @@ def load_model_set(spec: ModelSpec, device: torch.device | str) -> LoadedModelSe
         torch.manual_seed(int(spec.init_seed))
         model = build_model(cfg.model)
     if ckpt is not None:
-        missing, unexpected = model.load_state_dict(load_state_dict(str(ckpt)), strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"{ckpt} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(model, ckpt, cfg_path)
     else:
         log.warning("model set %r: no checkpoint, RANDOM INIT from %s (seed %d): timing only, outputs are "
                     "meaningless", spec.name, cfg_path.name, spec.init_seed)
