@@ -231,9 +231,8 @@ class SweepRing:
             shift = geometry.num_frames - n  # right-aligned: the reference always has time index num_frames - 1
             time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32).to(dev),
                                            torch.tensor(sizes, dtype=torch.int64).to(dev), output_size=total)
-            batch_index = torch.zeros(total, dtype=torch.int32, device=dev)
-        with timer.stage("voxelize"):
-            sparse = voxelize(points, time, geometry, batch=batch_index, batch_size=1)
+        with timer.stage("voxelize"):  # one window: no batch index to build, upload or range-check
+            sparse = voxelize(points, time, geometry, batch_size=1)
 
         src = n - 2 if (flow_layout and n >= 2) else n - 1
         s_lo, s_hi = int(offsets[src]), int(offsets[src + 1])
