@@ -60,11 +60,12 @@ train_one() {  # CONFIG ITERS GPU
 }
 
 if [ -n "${TRAIN:-}" ]; then
+  train_pids=()
   for job in $TRAIN; do
     IFS=@ read -r config iters gpu <<< "$job"
-    train_one "$config" "$iters" "${gpu:-0}" &
+    train_one "$config" "$iters" "${gpu:-0}" & train_pids+=("$!")
   done
-  wait
+  wait "${train_pids[@]}"  # the trainings only: a background test run is waited for (and reported) below
   cat $logs/summary.txt
   for f in $logs/*.eval.json; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done
   for f in $logs/*.train_stdout.txt; do echo "== $f"; grep -v -i warn "$f" | grep -E "Iter\(train\)|Error|error" | tail -4; done
