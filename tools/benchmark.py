@@ -299,9 +299,12 @@ def _configure_network(p: argparse.ArgumentParser, config: str, preset: str) -> 
                                                     "hdl64e (KITTI, ~130k)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--precision", default="fp32,fp16,amp,fp32+fused,fp16+fused",
+    p.add_argument("--precision", default="fp32,fp16,amp,fp32+fused,fp16+fused,fp16+eager,fp32+engine,fp16+engine,"
+                                          "amp+engine",
                    help="comma list: fp32; fp16 (half weights and features); amp (fp32 weights under autocast); "
-                        "'+fused': the network fused for inference (perception4d.models.fuse); "
+                        "'+fused': the network fused for inference (perception4d.models.fuse) on spconv's layers; "
+                        "'+engine': fused, backbone on the gather-GEMM engine replayed as a CUDA graph "
+                        "(perception4d.models.engine); '+eager': the same engine without CUDA graphs; "
                         "fp16/amp on CUDA only")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--profile", metavar="FILE", help="also write a torch.profiler table (top ops, fp32) to FILE")
@@ -369,9 +372,16 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
     rows = []
     nvox = 0
     for prec in precisions:
-        base, fused = prec.split("+")[0], prec.endswith("+fused")
+        base, variant = (prec.split("+") + [""])[:2]
         amp = base == "amp"
-        model = fuse_for_inference(fp32_model) if fused else fp32_model
+        if variant == "fused":
+            model = fuse_for_inference(fp32_model, engine="spconv")
+        elif variant in ("engine", "eager"):
+            model = fuse_for_inference(fp32_model, engine="gather", cuda_graphs=variant == "engine")
+        elif variant:
+            raise SystemExit(f"unknown precision variant {prec!r}: use +fused, +engine or +eager")
+        else:
+            model = fp32_model
         model = copy.deepcopy(model).half() if base == "fp16" else model
 
         def run(timer=None):
@@ -403,7 +413,7 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
                      ("voxelize", "encoder", "backbone", "head")), f"{mem / 2**20:.0f}",
                      f"{n_points / total.median_s / 1e6:.1f}"])
     if args.profile:
-        _profile_flow(fp32_model, sample, device, args.profile)
+        _profile_flow(model, sample, device, args.profile, label=precisions[-1])
     ref = None if task != "flow" else next((v for k, v in FLOW4D_REFERENCE_MS.items() if k in device_name(device)),
                                            None)
     head_grid = getattr(fp32_model.heads[task], "grid", None) if task in fp32_model.heads else None
@@ -425,8 +435,9 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
           + (f"; Flow4D reference: {ref} ms fp32 on this GPU kind (ENVIRONMENT.md)" if ref else ""))
 
 
-def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 10) -> None:
-    """torch.profiler over ``steps`` fp32 forwards (incl. voxelization): top ops by device and host time."""
+def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 10, label: str = "fp32") -> None:
+    """torch.profiler over ``steps`` forwards of ``model`` (the last precision benchmarked, ``label``;
+    voxelization included): top ops by device and host time."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -436,7 +447,7 @@ def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 1
         _sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     with open(path, "w") as f:
-        f.write(f"# torch.profiler, {steps} forwards, {device_name(device)}\n\n")
+        f.write(f"# torch.profiler, {steps} forwards ({label}), {device_name(device)}\n\n")
         f.write(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n\n")
         f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n")
 
@@ -583,9 +594,12 @@ def bench_backbones(args: argparse.Namespace) -> None:
         from perception4d.models.fuse import fuse_backbone
         from perception4d.models.spconv_utils import guard_spconv_dtypes
 
+        from perception4d.models.engine import GatherUNet
+
         fused = fuse_backbone(copy.deepcopy(model.backbone).eval())
         guard_spconv_dtypes(fused)
-        candidates = [("SparseUNet4D", model.backbone, None), ("SparseUNet4D (fused)", fused, None)]
+        candidates = [("SparseUNet4D", model.backbone, None), ("SparseUNet4D (fused)", fused, None),
+                      ("SparseUNet4D (fused, gather-GEMM engine, CUDA graph)", GatherUNet(fused), None)]
         for mode in args.time_modes.split(","):
             bcfg = Config.fromfile(str(REPO / "configs" / dsvt_cfg)).model.backbone
             bcfg.update(time_mode=mode, in_channels=model.encoder.out_channels)

@@ -149,11 +149,21 @@ def _no_train(self, mode: bool = True):
     return nn.Module.train(self, False)
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
+#: backbone executors of a fused network: spconv's layers, or the gather-GEMM engine (perception4d.models.engine)
+ENGINES = ("auto", "spconv", "gather")
+
+
+def fuse_for_inference(model: nn.Module, engine: str = "auto", cuda_graphs: bool = True) -> nn.Module:
     """A fused, eval-mode copy of a ``Perception4DNet`` (its encoder MLP and a ``SparseUNet4D`` backbone).
 
-    Other backbones and the heads are copied unchanged. The copy refuses ``.train()``.
+    ``engine``: ``"spconv"`` keeps spconv's layers (bias and ReLU inside its kernels on CUDA); ``"gather"``
+    runs the backbone on ``perception4d.models.engine.GatherUNet`` (per-frame neighbour plan, gather + GEMM,
+    one CUDA-graph replay a frame on CUDA when ``cuda_graphs``); ``"auto"``: gather when the model's
+    parameters are on a CUDA device, spconv otherwise (spconv's CPU path is faster there; see
+    docs/benchmarks.md). Other backbones and the heads are copied unchanged. The copy refuses ``.train()``.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
     from perception4d.models.spconv_utils import guard_spconv_dtypes
 
     fused = copy.deepcopy(model).eval()
@@ -161,6 +171,11 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         fused.encoder.mlp = _fuse_mlp(fused.encoder.mlp)
     if isinstance(fused.backbone, SparseUNet4D):
         fuse_backbone(fused.backbone)
+        on_cuda = next(fused.backbone.parameters()).is_cuda
+        if engine == "gather" or (engine == "auto" and on_cuda):
+            from perception4d.models.engine import GatherUNet
+
+            fused.backbone = GatherUNet(fused.backbone, cuda_graphs=cuda_graphs)
     guard_spconv_dtypes(fused)
     fused._algo_device = None  # re-select spconv algorithms for the new layers on the next forward
     fused.train = _no_train.__get__(fused)

@@ -57,7 +57,7 @@ def test_fold_linear_with_residual_is_exact_and_a_fused_network_refuses_training
 @pytest.mark.parametrize("half", [False, True])
 def test_fused_network_matches_on_cuda_with_the_activation_in_the_kernel(half):
     loaded = load_model(DEFAULT_FLOW, device="cuda", task="flow")
-    fused = fuse_for_inference(loaded.model)
+    fused = fuse_for_inference(loaded.model, engine="spconv")
     samples = _toy_samples(loaded.geometry, ("flow",))
     ref = _forward(loaded.model, samples)["flow"]
     model = fused.half() if half else fused

@@ -1,0 +1,285 @@
+"""Gather-GEMM inference engine of the fused sparse 4D U-Net.
+
+The fused ``SparseUNet4D`` (``perception4d.models.fuse``) is host-bound on a
+GPU: spconv rebuilds rulebooks inside every layer call (hash tables, device
+synchronisations) and a frame costs ~500 kernel launches for ~5 ms of GPU
+work. This engine runs the *same weights* differently:
+
+1. **Plan** (once per frame, from the coordinates only): the neighbour tables
+   of every level (``perception4d.ops.neighbors.build_unet_plan``) — one
+   sort, searchsorted queries and one ``unique`` per level.
+2. **Execute**: each convolution is one gather of the neighbour rows
+   (``index_select`` of an ``(N, K)`` table over features with a zero
+   sentinel row) and one GEMM with the ``(K * Cin, Cout)`` weight matrix,
+   bias and ReLU folded in; the inverse convolution is one GEMM on the
+   coarse features to all 8 children followed by one gather.
+
+About 8 kernels a layer instead of ~25, no synchronisation after the plan, and
+the execute phase is a fixed sequence of fixed-shape kernels once the tables
+are padded to a capacity, so on CUDA it can be captured in a CUDA graph and
+replayed (``GraphedUNet``; padded rows read the sentinel and are never read
+by real rows).
+
+Outputs equal the spconv network up to floating-point summation order
+(tests/models/test_engine.py compares against the fused and unfused spconv
+networks on CPU, and on CUDA in the GPU tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perception4d.ops.neighbors import UNetPlan, build_unet_plan
+
+SPACE = (3, 3, 3, 1)
+TIME = (1, 1, 1, 3)
+
+
+def _conv_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """spconv weight (Cout, *kernel, Cin) -> (K * Cin, Cout), kernel offsets row-major."""
+    cout, cin = weight.shape[0], weight.shape[-1]
+    return weight.detach().reshape(cout, -1, cin).permute(1, 2, 0).reshape(-1, cout).contiguous()
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+
+
+def _with_sentinel(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with one zero row appended (the row missing neighbours read)."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])], 0)
+
+
+class _Conv(nn.Module):
+    """A gathered convolution: ``relu(gather(x, table) @ W + b)``."""
+
+    def __init__(self, conv):
+        super().__init__()
+        if conv.bias is None:
+            raise ValueError("the engine runs fused convolutions (BatchNorm folded into a bias)")
+        self.weight = _param(_conv_matrix(conv.weight))
+        self.bias = _param(conv.bias)
+
+    def forward(self, xs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """xs: (N_in + 1, Cin) features with the sentinel row; table: (N_out, K)."""
+        g = xs.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
+        return torch.relu_(torch.addmm(self.bias, g, self.weight))
+
+
+class _Linear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = _param(linear.weight.t())
+        self.bias = _param(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(torch.addmm(self.bias, x, self.weight))
+
+
+class _Block(nn.Module):
+    """A fused Spatio-Temporal Decomposition Block (residual folded into the fusion)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.space = _Conv(block.space)
+        self.time = _Conv(block.time)
+        self.fuse = _Linear(block.fuse)
+
+    def forward(self, xs: torch.Tensor, tables: dict) -> torch.Tensor:
+        n = tables[SPACE].shape[0]
+        s = self.space(xs, tables[SPACE])
+        t = self.time(xs, tables[TIME])
+        return _with_sentinel(self.fuse(torch.cat([xs[:n], s, t], 1)))
+
+
+class _Up(nn.Module):
+    """Inverse kernel-2 convolution + fusion with the skip: ``relu(fuse([relu(W_k x_parent + b), skip]))``."""
+
+    def __init__(self, up):
+        super().__init__()
+        w = up.conv.weight.detach()  # (Cout, 2, 2, 2, 1, Cin)
+        cout, cin = w.shape[0], w.shape[-1]
+        self.cout = cout
+        self.weight = _param(w.reshape(cout, 8, cin).permute(2, 1, 0).reshape(cin, 8 * cout))
+        self.bias = _param(up.conv.bias)
+        self.fuse = _Linear(up.fuse)
+
+    def forward(self, coarse: torch.Tensor, up_rows: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """coarse: (N_next + 1, Cin) with sentinel; up_rows: (N,) flat rows; skip: (N + 1, Cout) with sentinel."""
+        n_next = coarse.shape[0] - 1
+        children = (coarse[:n_next] @ self.weight).view(n_next * 8, self.cout)
+        x = _with_sentinel(children).index_select(0, up_rows)
+        x = torch.relu_(x + self.bias)
+        return _with_sentinel(self.fuse(torch.cat([x, skip[:-1]], 1)))
+
+
+class GatherUNet(nn.Module):
+    """The fused ``SparseUNet4D`` executed as gathers and GEMMs over a per-frame neighbour plan.
+
+    ``forward`` takes and returns spconv tensors like the network it replaces (only ``features``,
+    ``indices``, ``spatial_shape`` and ``batch_size`` are read), so it is a drop-in backbone for
+    ``Perception4DNet`` at inference. Build it with ``GatherUNet.from_fused(fused_backbone)``.
+    """
+
+    def __init__(self, fused, cuda_graphs: bool = True):
+        super().__init__()
+        from perception4d.models.fuse import FusedSTDBlock
+
+        if not all(isinstance(b, FusedSTDBlock) for seq in fused.enc for b in seq):
+            raise TypeError("GatherUNet takes a backbone fused by perception4d.models.fuse.fuse_backbone")
+        self.channels = tuple(fused.channels)
+        self.stem = _Linear(fused.stem[0])
+        self.enc = nn.ModuleList(nn.ModuleList(_Block(b) for b in seq) for seq in fused.enc)
+        self.down = nn.ModuleList(_Conv(d.conv) for d in fused.down)
+        self.up = nn.ModuleList(_Up(u) for u in fused.up)
+        self.dec = nn.ModuleList(_Block(b) for b in fused.dec)
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict = {}  # device -> GraphedUNet
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[0]
+
+    @property
+    def min_grid_cells(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def plan(self, coords: torch.Tensor, spatial_shape, batch_size: int, count=None, capacities=None) -> UNetPlan:
+        """Neighbour tables of every level (see ``build_unet_plan`` for ``count`` / ``capacities``)."""
+        return build_unet_plan(coords, spatial_shape, batch_size, len(self.channels), kernels=(SPACE, TIME),
+                               count=count, capacities=capacities)
+
+    def execute(self, features: torch.Tensor, plan: UNetPlan) -> torch.Tensor:
+        """(N0, C_in) voxel features -> (N0, out_channels) on the plan's level-0 rows (padding rows: junk)."""
+        lv = plan.levels
+        if not torch.is_autocast_enabled(features.device.type):
+            features = features.to(self.stem.weight.dtype)
+        x = _with_sentinel(self.stem(features))
+        skips = []
+        for lvl, blocks in enumerate(self.enc):
+            for block in blocks:
+                x = block(x, lv[lvl].subm)
+            if lvl < len(self.down):
+                skips.append(x)
+                x = _with_sentinel(self.down[lvl](x, lv[lvl].down))
+        for lvl in reversed(range(len(self.up))):
+            x = self.dec[lvl](self.up[lvl](x, lv[lvl].up, skips[lvl]), lv[lvl].subm)
+        return x[:-1]
+
+    def forward(self, x):
+        if x.features.is_cuda and self.cuda_graphs:
+            runner = self._graphs.get(x.features.device)
+            if runner is None:
+                runner = self._graphs[x.features.device] = GraphedUNet(self)
+            return x.replace_feature(runner(x.features, x.indices, x.spatial_shape, x.batch_size))
+        plan = self.plan(x.indices, x.spatial_shape, x.batch_size)
+        return x.replace_feature(self.execute(x.features, plan))
+
+    def __getstate__(self):  # copies (deepcopy, pickling) capture their own graphs
+        state = self.__dict__.copy()
+        state["_graphs"] = {}
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self._graphs = {}  # captured graphs hold the old parameters: capture again after .to() / .half()
+        return super()._apply(fn, recurse)
+
+
+def _round_up(n: int, quantum: int) -> int:
+    return max(quantum, -(-int(n) // quantum) * quantum)
+
+
+class _Capture:
+    """One captured plan + execute at fixed capacities, with its static input and output buffers."""
+
+    def __init__(self, engine: GatherUNet, spatial_shape, batch_size: int, capacities: tuple[int, ...],
+                 in_channels: int, dtype: torch.dtype, device: torch.device, amp: bool):
+        self.capacities = capacities
+        self.coords = torch.zeros(capacities[0], 5, dtype=torch.int32, device=device)
+        self.features = torch.zeros(capacities[0], in_channels, dtype=dtype, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph = torch.cuda.CUDAGraph()
+
+        def run():
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                plan = engine.plan(self.coords, spatial_shape, batch_size, count=self.count,
+                                   capacities=capacities[1:])
+                return engine.execute(self.features, plan), plan.counts, plan.overflow
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (library handles, constants, allocator)
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.out, self.counts, self.overflow = run()
+
+    def replay(self, features: torch.Tensor, coords: torch.Tensor) -> None:
+        n = coords.shape[0]
+        self.coords[:n].copy_(coords, non_blocking=True)
+        self.features[:n].copy_(features, non_blocking=True)
+        self.count.fill_(n)
+        self.graph.replay()
+
+
+class GraphedUNet:
+    """Runs a ``GatherUNet`` on CUDA as one CUDA-graph replay per frame (plan and execute).
+
+    Tensors are allocated at capacities: level 0 rounded up from the frame's voxels, coarser levels from
+    the sizes seen so far, each with ``margin``. A frame that does not fit (more voxels, or a coarser level
+    overflowing, reported by the plan itself) grows the capacities and is captured again; one capture is
+    kept per (grid, batch, dtype, autocast). Each frame costs one small host synchronisation (the overflow
+    flag). If capturing fails, the engine runs eagerly (logged once).
+    """
+
+    def __init__(self, engine: GatherUNet, margin: float = 1.15, quantum: int = 8192):
+        self.engine = engine
+        self.margin = margin
+        self.quantum = quantum
+        self._captures: dict = {}
+        self.captures_made = 0
+        self.disabled_reason: str | None = None
+
+    def _capacities(self, counts: list[int], old: tuple[int, ...] | None) -> tuple[int, ...]:
+        caps = tuple(_round_up(c * self.margin, self.quantum if i == 0 else max(self.quantum // 8, 64))
+                     for i, c in enumerate(counts))
+        return caps if old is None else tuple(max(a, b) for a, b in zip(caps, old))
+
+    def _capture(self, key, features, coords, spatial_shape, batch_size, counts, amp) -> _Capture:
+        old = self._captures.pop(key, None)  # free the old graph's memory before capturing a larger one
+        caps = self._capacities(counts, None if old is None else old.capacities)
+        del old
+        cap = _Capture(self.engine, spatial_shape, batch_size, caps, features.shape[1], features.dtype,
+                       features.device, amp)
+        self._captures[key] = cap
+        self.captures_made += 1
+        return cap
+
+    def __call__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
+        if self.disabled_reason is not None:
+            return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))
+        amp = torch.is_autocast_enabled("cuda")
+        key = (tuple(int(s) for s in spatial_shape), int(batch_size), features.dtype, amp, features.device)
+        n = coords.shape[0]
+        try:
+            with torch.cuda.device(features.device):
+                cap = self._captures.get(key)
+                if cap is None or n > cap.capacities[0]:
+                    counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
+                    cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
+                cap.replay(features, coords)
+                if bool(cap.overflow):  # a coarser level outgrew its capacity: grow from this frame's sizes
+                    counts = [max(c, n) if i == 0 else c for i, c in enumerate(cap.counts.tolist())]
+                    cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
+                    cap.replay(features, coords)
+                return cap.out[:n].clone()
+        except RuntimeError as exc:  # capture not supported here: stay correct, run eagerly
+            import logging
+
+            self.disabled_reason = f"{type(exc).__name__}: {exc}"
+            self._captures.clear()
+            logging.getLogger("perception4d.models").warning(
+                "CUDA graph capture of the sparse U-Net failed (%s); running it eagerly", self.disabled_reason)
+            return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))

@@ -1,0 +1,133 @@
+"""The gather-GEMM engine runs the fused sparse U-Net with spconv's results (CPU here; CUDA graphs on a GPU)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from perception4d.inference import DEFAULT_FLOW, DEFAULT_MOS, load_model
+from perception4d.models.backbone_spconv import SparseUNet4D
+from perception4d.models.engine import GatherUNet, GraphedUNet
+from perception4d.models.fuse import fuse_backbone, fuse_for_inference
+from perception4d.models.spconv_utils import guard_spconv_dtypes, import_spconv, set_spconv_algo
+
+from .test_fuse import _forward, _toy_samples
+
+spconv = import_spconv()
+
+
+def _random_backbone(seed: int = 0, channels=(8, 16, 24)) -> SparseUNet4D:
+    torch.manual_seed(seed)
+    net = SparseUNet4D(in_channels=6, channels=channels).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):  # non-trivial statistics, so folding is exercised
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net
+
+
+def _input(seed: int, n: int, shape, batch: int = 2, channels: int = 6, device="cpu"):
+    rng = np.random.default_rng(seed)
+    c = np.unique(np.c_[rng.integers(0, batch, n), *(rng.integers(0, s, n) for s in shape)], axis=0)
+    c = c[rng.permutation(len(c))]
+    coords = torch.from_numpy(c).to(torch.int32).to(device)
+    feats = torch.from_numpy(rng.normal(size=(len(c), channels)).astype(np.float32)).to(device)
+    return spconv.SparseConvTensor(feats, coords, list(shape), batch)
+
+
+@pytest.mark.parametrize("shape", [(24, 20, 8, 3), (23, 21, 7, 2)])  # odd extents: sites beyond the coarse grid
+def test_engine_equals_spconv_backbone_fused_and_unfused(shape):
+    net = _random_backbone()
+    set_spconv_algo(net, "cpu")
+    fused = fuse_backbone(copy.deepcopy(net))
+    guard_spconv_dtypes(fused)
+    set_spconv_algo(fused, "cpu")
+    engine = GatherUNet(fused)
+    x = _input(1, 1500, shape)
+    with torch.no_grad():
+        ref = net(x).features
+        ref_fused = fused(x).features
+        out = engine(x).features
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref_fused, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("checkpoint,task", [(DEFAULT_FLOW, "flow"), (DEFAULT_MOS, "mos")])
+def test_shipped_networks_on_the_engine_match_spconv(checkpoint, task):
+    loaded = load_model(checkpoint, device="cpu", task=task)
+    on_engine = fuse_for_inference(loaded.model, engine="gather")
+    assert isinstance(on_engine.backbone, GatherUNet)
+    samples = _toy_samples(loaded.geometry, (task,))
+    ref = _forward(loaded.model, samples)[task]
+    out = _forward(on_engine, samples)[task]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_selection_and_copies():
+    loaded = load_model(DEFAULT_FLOW, device="cpu", task="flow")
+    assert not isinstance(fuse_for_inference(loaded.model).backbone, GatherUNet)  # auto on the CPU: spconv
+    with pytest.raises(ValueError, match="engine"):
+        fuse_for_inference(loaded.model, engine="tensorrt")
+    with pytest.raises(TypeError, match="fused"):
+        GatherUNet(loaded.model.backbone)
+    engine = fuse_for_inference(loaded.model, engine="gather")
+    twin = copy.deepcopy(engine)
+    samples = _toy_samples(loaded.geometry, ("flow",))
+    torch.testing.assert_close(_forward(twin, samples)["flow"], _forward(engine, samples)["flow"])
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "amp"])
+def test_cuda_graph_replays_equal_the_eager_engine_across_frame_sizes(precision):
+    fused = fuse_backbone(_random_backbone(channels=(16, 32, 64, 64)))
+    engine = GatherUNet(fused).cuda()
+    if precision == "fp16":
+        engine = engine.half()
+    runner = GraphedUNet(engine, quantum=1024)
+    shape = (96, 96, 16, 5)
+    for i, n in enumerate([20000, 12000, 26000, 26000, 8000]):  # grows once at 26000, then reuses
+        x = _input(10 + i, n, shape, batch=1, channels=6, device="cuda")
+        feats = x.features.half() if precision == "fp16" else x.features
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=precision == "amp"):
+            eager = engine.execute(feats, engine.plan(x.indices, shape, 1))
+            graphed = runner(feats, x.indices, shape, 1)
+        assert runner.disabled_reason is None, runner.disabled_reason
+        tol = 1e-5 if precision == "fp32" else 2e-2
+        torch.testing.assert_close(graphed.float(), eager.float(), rtol=tol, atol=tol)
+    assert runner.captures_made == 2
+
+
+@needs_cuda
+def test_cuda_graph_grows_when_a_coarse_level_overflows():
+    engine = GatherUNet(fuse_backbone(_random_backbone())).cuda()
+    runner = GraphedUNet(engine, quantum=1024, margin=1.0)
+    shape = (64, 64, 8, 3)
+    dense_low = _input(0, 9000, (64, 64, 2, 3), batch=1, device="cuda")  # few coarse voxels
+    spread = _input(1, 7000, shape, batch=1, device="cuda")  # fewer voxels, many more coarse voxels
+    with torch.no_grad():
+        runner(dense_low.features, dense_low.indices, shape, 1)
+        out = runner(spread.features, spread.indices, shape, 1)
+        eager = engine.execute(spread.features, engine.plan(spread.indices, shape, 1))
+    assert runner.captures_made == 2
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("half", [False, True])
+def test_shipped_flow_network_on_the_engine_matches_spconv_on_cuda(half):
+    loaded = load_model(DEFAULT_FLOW, device="cuda", task="flow")
+    samples = _toy_samples(loaded.geometry, ("flow",))
+    ref = _forward(loaded.model, samples)["flow"]
+    on_engine = fuse_for_inference(loaded.model)  # auto on CUDA: the engine with CUDA graphs
+    assert isinstance(on_engine.backbone, GatherUNet)
+    model = on_engine.half() if half else on_engine
+    for _ in range(3):  # capture, then replays
+        out = _forward(model, samples)["flow"]
+    assert (out.float() - ref.float()).abs().max() < (5e-2 if half else 1e-3)
