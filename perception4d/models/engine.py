@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from perception4d.ops.gather_conv import gather_conv
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
 SPACE = (3, 3, 3, 1)
@@ -63,8 +64,7 @@ class _Conv(nn.Module):
 
     def forward(self, xs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """xs: (N_in + 1, Cin) features with the sentinel row; table: (N_out, K)."""
-        g = xs.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
-        return torch.relu_(torch.addmm(self.bias, g, self.weight))
+        return gather_conv(xs, table, self.weight, self.bias, relu=True)
 
 
 class _Linear(nn.Module):
@@ -270,8 +270,8 @@ class GraphedUNet:
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
                     cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
                 cap.replay(features, coords)
-                if bool(cap.overflow):  # a coarser level outgrew its capacity: grow from this frame's sizes
-                    counts = [max(c, n) if i == 0 else c for i, c in enumerate(cap.counts.tolist())]
+                if bool(cap.overflow):  # a coarser level outgrew its capacity: grow to this frame's exact sizes
+                    counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
                     cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
                     cap.replay(features, coords)
                 return cap.out[:n].clone()

@@ -1,0 +1,115 @@
+"""Sparse convolution over a neighbour table: ``relu(sum_k x[table[:, k]] @ W_k + b)``.
+
+Two implementations of one operation:
+
+* ``gather_conv_torch``: ``index_select`` of all ``K`` neighbour rows into an
+  ``(N, K * Cin)`` matrix, then one GEMM (any device; the reference).
+* ``gather_conv_triton`` (CUDA, when Triton is installed): an implicit GEMM —
+  each program loads a block of output rows' neighbour indices, gathers the
+  ``Cin`` features of each offset into registers and accumulates
+  ``x_k @ W_k`` with tensor-core dots, then adds the bias and applies the ReLU.
+  Nothing of size ``N * K * Cin`` is written to memory (the materialised
+  gather of the reference costs ~10x the GPU time on an H200, see
+  docs/benchmarks.md).
+
+``xs`` carries a zero *sentinel* row after its voxels; tables point missing
+neighbours at it, so no masking of the gathered rows is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def gather_conv_torch(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      relu: bool = True) -> torch.Tensor:
+    """Reference: ``xs`` (N_in + 1, Cin) with the sentinel row, ``table`` (N, K), ``weight`` (K * Cin, Cout)."""
+    g = xs.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
+    out = torch.addmm(bias, g, weight) if bias is not None else g @ weight
+    return torch.relu_(out) if relu else out
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gather_gemm(x_ptr, tab_ptr, w_ptr, b_ptr, out_ptr, n_rows, K,
+                    CIN: tl.constexpr, COUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < n_rows
+        co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        ci = tl.arange(0, CIN)
+        acc = tl.zeros((BLOCK_N, BLOCK_CO), dtype=tl.float32)
+        rows64 = rows.to(tl.int64)
+        for k in range(K):
+            idx = tl.load(tab_ptr + rows64 * K + k, mask=rmask, other=0)
+            x = tl.load(x_ptr + idx[:, None] * CIN + ci[None, :], mask=rmask[:, None], other=0.0)
+            w = tl.load(w_ptr + (k * CIN + ci[:, None]) * COUT + co[None, :])
+            if IEEE:
+                acc += tl.dot(x, w, input_precision="ieee")
+            else:
+                acc += tl.dot(x, w)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + co)[None, :].to(tl.float32)
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        tl.store(out_ptr + rows64[:, None] * COUT + co[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None])
+
+    return gather_gemm
+
+
+def triton_supports(xs: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Shapes and dtypes the kernel handles: CUDA, fp16/bf16/fp32, channel counts multiples of 16 (tensor cores)."""
+    cin, cout = xs.shape[1], weight.shape[1]
+    return (xs.is_cuda and triton_available() and xs.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and weight.dtype == xs.dtype and cin % 16 == 0 and cout % 16 == 0 and cin <= 128 and cout <= 256
+            and xs.is_contiguous())
+
+
+def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       relu: bool = True) -> torch.Tensor:
+    n, k = table.shape
+    cin, cout = xs.shape[1], weight.shape[1]
+    if weight.shape[0] != k * cin:
+        raise ValueError(f"weight {tuple(weight.shape)} does not match {k} offsets x {cin} input channels")
+    out = torch.empty(n, cout, dtype=xs.dtype, device=xs.device)
+    if n == 0:
+        return out
+    block_co = min(cout, 64)
+    block_n = 128 if cin * block_co <= 32 * 32 else 64
+    grid = (-(-n // block_n), cout // block_co)
+    b = bias if bias is not None else weight  # unused pointer when there is no bias
+    _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, CIN=cin, COUT=cout,
+                    BLOCK_N=block_n, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
+                    IEEE=xs.dtype == torch.float32, num_warps=4)
+    return out
+
+
+def gather_conv(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                relu: bool = True) -> torch.Tensor:
+    """The Triton kernel where it applies (CUDA, supported shapes, no autocast mixing), the reference otherwise."""
+    if torch.is_autocast_enabled(xs.device.type):  # autocast: run in its compute dtype like addmm would
+        dtype = torch.get_autocast_dtype(xs.device.type)
+        xs, weight = xs.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    if triton_supports(xs, weight):
+        return gather_conv_triton(xs, table, weight, bias, relu)
+    return gather_conv_torch(xs, table, weight, bias, relu)
