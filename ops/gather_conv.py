@@ -25,8 +25,10 @@ import torch
 
 def gather_conv_torch(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       relu: bool = True) -> torch.Tensor:
-    """Reference: ``xs`` (N_in + 1, Cin) with the sentinel row, ``table`` (N, K), ``weight`` (K * Cin, Cout)."""
-    g = xs.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
+    """Reference: ``xs`` (N_in + 1, Cin) with the sentinel row, ``table`` (K, N) rows of ``xs``, ``weight``
+    (K * Cin, Cout)."""
+    k, n = table.shape
+    g = xs.index_select(0, table.reshape(-1)).view(k, n, -1).transpose(0, 1).reshape(n, -1)
     out = torch.addmm(bias, g, weight) if bias is not None else g @ weight
     return torch.relu_(out) if relu else out
 
@@ -59,7 +61,7 @@ def _kernel():
         acc = tl.zeros((BLOCK_N, BLOCK_CO), dtype=tl.float32)
         rows64 = rows.to(tl.int64)
         for k in range(K):
-            idx = tl.load(tab_ptr + rows64 * K + k, mask=rmask, other=0)
+            idx = tl.load(tab_ptr + k * n_rows + rows64, mask=rmask, other=0).to(tl.int64)
             x = tl.load(x_ptr + idx[:, None] * CIN + ci[None, :], mask=rmask[:, None], other=0.0)
             w = tl.load(w_ptr + (k * CIN + ci[:, None]) * COUT + co[None, :])
             if IEEE:
@@ -86,7 +88,7 @@ def triton_supports(xs: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        relu: bool = True) -> torch.Tensor:
-    n, k = table.shape
+    k, n = table.shape
     cin, cout = xs.shape[1], weight.shape[1]
     if weight.shape[0] != k * cin:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {k} offsets x {cin} input channels")
@@ -101,6 +103,48 @@ def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tens
                     BLOCK_N=block_n, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
                     IEEE=xs.dtype == torch.float32, num_warps=4)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _rows_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gather_rows(src_ptr, idx_ptr, b_ptr, out_ptr, n_rows, C: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < n_rows
+        c = tl.arange(0, C)
+        idx = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        x = tl.load(src_ptr + idx[:, None] * C + c[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(b_ptr + c)[None, :].to(tl.float32)
+        if RELU:
+            x = tl.maximum(x, 0.0)
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + c[None, :], x.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None])
+
+    return gather_rows
+
+
+def gather_rows(src: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None = None,
+                relu: bool = False) -> torch.Tensor:
+    """``relu(src[idx] + bias)`` (each part optional): one Triton pass on CUDA, index_select elsewhere."""
+    c = src.shape[1]
+    if src.is_cuda and triton_available() and c & (c - 1) == 0 and c <= 256 and src.is_contiguous() and (
+            bias is None or bias.dtype == src.dtype):
+        out = torch.empty(idx.shape[0], c, dtype=src.dtype, device=src.device)
+        if idx.shape[0]:
+            block = max(16, min(256, 4096 // c))
+            _rows_kernel()[(-(-idx.shape[0] // block),)](src, idx.contiguous(), bias if bias is not None else src,
+                                                         out, idx.shape[0], C=c, BLOCK_N=block,
+                                                         HAS_BIAS=bias is not None, RELU=relu, num_warps=4)
+        return out
+    out = src.index_select(0, idx)
+    if bias is not None:
+        out = out + bias
+    return torch.relu_(out) if relu else out
 
 
 def gather_conv(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

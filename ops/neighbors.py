@@ -4,7 +4,7 @@ A sparse convolution needs, for every output voxel and every kernel offset,
 the row of the input voxel at that offset (or none). spconv builds these
 pairs inside every layer call with hash tables and device synchronisations;
 here they are built once per frame for a whole U-Net from sorted linear keys
-(``torch.sort`` + ``torch.searchsorted``), as dense ``(N, K)`` int64 tables
+(``torch.sort`` + ``torch.searchsorted``), as dense ``(K, N)`` int32 tables
 whose missing entries point at a *sentinel* row ``N`` (a zero feature row the
 executor appends). Building a level costs one sort and one searchsorted over
 ``N * K`` queries; only the coarser levels' sizes (``torch.unique``) need the
@@ -97,18 +97,20 @@ class KeyCodec:
 
 def submanifold_table(keys: torch.Tensor, deltas: torch.Tensor, sorted_keys: torch.Tensor | None = None,
                       order: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, K) row of the voxel at ``key + delta[k]`` for every voxel, ``N`` where there is none.
+    """(K, N) int32 row of the voxel at ``key + delta[k]`` for every voxel, ``N`` where there is none.
+
+    Offset-major, so a kernel reading offset ``k`` of consecutive voxels reads consecutive memory.
 
     ``sorted_keys`` / ``order`` (``torch.sort(keys)``) may be passed when known; keys must be unique.
     """
     n = keys.shape[0]
     if sorted_keys is None:
         sorted_keys, order = torch.sort(keys)
-    q = keys[:, None] + device_constant(tuple(deltas.tolist()), keys.device)[None, :]
+    q = keys[None, :] + device_constant(tuple(deltas.tolist()), keys.device)[:, None]
     pos = torch.searchsorted(sorted_keys, q).clamp_(max=max(n - 1, 0))
     hit = sorted_keys[pos] == q
     rows = pos if order is None else order[pos]
-    return torch.where(hit, rows, torch.full_like(rows, n))
+    return torch.where(hit, rows, torch.full_like(rows, n)).to(torch.int32)
 
 
 @dataclass
@@ -123,9 +125,9 @@ class LevelTables:
     count: torch.Tensor  # 0-dim int64 (on the device): voxels at this level
     coords: torch.Tensor  # (n, 5) int32; rows >= count undefined
     spatial_shape: tuple[int, int, int, int]
-    subm: dict  # kernel -> (n, K) int64 table
-    down: torch.Tensor | None = None  # (n_next, 8) rows of this level at each kernel-2 offset, n where none
-    up: torch.Tensor | None = None  # (n,) flat row ``parent * 8 + offset`` into (n_next * 8) up-features,
+    subm: dict  # kernel -> (K, n) int32 table
+    down: torch.Tensor | None = None  # (8, n_next) int32 rows of this level at each kernel-2 offset, n where none
+    up: torch.Tensor | None = None  # (n,) int32 flat row ``parent * 8 + offset`` into (n_next * 8) up-features,
     #                                 n_next * 8 (a sentinel) where the site has no parent
 
 
@@ -225,10 +227,11 @@ def build_unet_plan(coords: torch.Tensor, spatial_shape, batch_size: int, num_le
         inverse = torch.empty_like(run)
         inverse[o] = run
         real = has_parent & (inverse < n_next_t) & (inverse < ncap)
-        down = torch.full((ncap + 1, 8), cap, dtype=torch.int64, device=device)
-        down[torch.where(real, inverse, ncap), torch.where(real, offset, 0)] = torch.where(real, rows, cap)
-        level.down = down[:ncap]
-        level.up = torch.where(real, inverse * 8 + offset, torch.full_like(inverse, ncap * 8))
+        down = torch.full((8, ncap + 1), cap, dtype=torch.int32, device=device)
+        down[torch.where(real, offset, 0), torch.where(real, inverse, ncap)] = torch.where(real, rows, cap).to(
+            torch.int32)
+        level.down = down[:, :ncap].contiguous()
+        level.up = torch.where(real, inverse * 8 + offset, torch.full_like(inverse, ncap * 8)).to(torch.int32)
         cur = ncodec.decode(ukeys)
         counts.append(n_next_t)
         shape, codec, cap, count_t, rows, valid = nshape, ncodec, ncap, n_next_t, nrows, nvalid

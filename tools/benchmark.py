@@ -545,6 +545,66 @@ def rc_predictor(rc, models, kind: str, in_flight: int, limits: dict, group: str
                              policy=FramePolicy(rc.max_gap_s), max_in_flight=in_flight, **limits)
 
 
+# -- streaming predictor, one network -------------------------------------------------------------------
+#: network -> (shipped checkpoint stem, simulated sensor) of the streaming benchmark
+STREAM_NETWORKS = {"flow": ("flow_sparseunet_5f_sim", "vlp32c_x2"), "mos": ("mos_sparseunet_11f_sim", "hdl64e"),
+                   "occupancy": ("occ_sparseunet_5f_sim", "hdl64e")}
+
+
+def _configure_stream(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--networks", default="flow,mos,occupancy", help=f"comma list of {sorted(STREAM_NETWORKS)} "
+                   "(the shipped checkpoints)")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--unique-frames", type=int, default=20, help="simulated sweeps, played forth and back")
+    p.add_argument("--warmup-frames", type=int, default=12, help="untimed frames first (the window fills)")
+    p.add_argument("--azimuth-step", type=float, help="override the preset's azimuth resolution (deg; CPU runs)")
+    p.add_argument("--seed", type=int, default=5)
+
+
+@command("stream", "the streaming predictor (Predictor.step: one new sweep a frame, window kept on the device) "
+         "of each shipped network alone: latency, throughput, stages", _configure_stream)
+def bench_stream(args: argparse.Namespace) -> None:
+    from perception4d.inference import CHECKPOINT_DIR
+    from perception4d.runtime.measure import measure, stream_frames
+    from perception4d.runtime.models import ModelSpec
+    from perception4d.runtime.parallel import ParallelPredictor
+    from perception4d.runtime.policy import FramePolicy
+    from perception4d.sim import get_preset
+
+    device = resolve_device(args.device)
+    rows, stage_rows = [], []
+    for name in args.networks.split(","):
+        stem, preset_name = STREAM_NETWORKS[name]
+        preset = get_preset(preset_name)
+        if args.azimuth_step:
+            preset = preset.with_overrides(azimuth_resolution_deg=args.azimuth_step)
+        frames = stream_frames(preset, args.unique_frames, args.frames, args.seed)
+        spec = ModelSpec(name=name, checkpoint=str(CHECKPOINT_DIR / f"{stem}.pth"), device=str(device))
+        with ParallelPredictor([spec], workers="inline", policy=FramePolicy(max_gap_s=10.0),
+                               max_in_flight=2) as pp:
+            layout = pp.describe()
+            s = measure(pp, frames, name, args.warmup_frames)
+        st = s.stage_ms.get(name, {})
+        n_points = int(np.mean([f.num_points for f in frames]))
+        rows.append([name, preset.name, n_points, len(s.latency_ms), f"{s.p50:.1f}", f"{s.p99:.1f}",
+                     f"{s.throughput_fps:.1f}", s.failed])
+        stage_rows.append([name, *(f"{v:.1f}" for v in st.values())])
+        print(f"  {layout}", file=sys.stderr)
+    print(f"## streaming predictor, one network at a time ({args.frames} frames)")
+    print(environment_line(device))
+    print()
+    print(markdown_table(["network", "sensor", "points / sweep", "frames", "latency p50 (ms)", "latency p99 (ms)",
+                          "throughput (frames/s)", "failed"], rows))
+    print()
+    from perception4d.runtime.timing import STAGES
+
+    print(markdown_table(["network", *STAGES, "total"], stage_rows))
+    print()
+    print("latency: host wall time of Predictor.step from the new sweep to per-point outputs on the host (one "
+          "frame in flight); stages: medians in ms (CUDA events on the device, host time for ingest)")
+
+
 # -- backbones --------------------------------------------------------------------------------------
 #: task -> (sparse-conv config, voxel transformer config, simulated sensor) sharing one geometry
 BACKBONE_PAIRS = {"flow": ("flow_sparseunet_5f_sim.py", "flow_dsvt_5f_sim.py", "vlp32c_x2"),

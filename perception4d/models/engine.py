@@ -7,18 +7,18 @@ work. This engine runs the *same weights* differently:
 
 1. **Plan** (once per frame, from the coordinates only): the neighbour tables
    of every level (``perception4d.ops.neighbors.build_unet_plan``) — one
-   sort, searchsorted queries and one ``unique`` per level.
-2. **Execute**: each convolution is one gather of the neighbour rows
-   (``index_select`` of an ``(N, K)`` table over features with a zero
-   sentinel row) and one GEMM with the ``(K * Cin, Cout)`` weight matrix,
-   bias and ReLU folded in; the inverse convolution is one GEMM on the
-   coarse features to all 8 children followed by one gather.
+   sort, searchsorted queries and a sort-based unique per level.
+2. **Execute**: each convolution is one implicit GEMM over its ``(K, N)``
+   neighbour table (``perception4d.ops.gather_conv``: a Triton kernel on CUDA
+   that gathers the neighbour rows into registers, bias and ReLU folded in;
+   ``index_select`` + GEMM elsewhere); the inverse convolution is one GEMM on
+   the coarse features to all 8 children followed by one row gather.
 
-About 8 kernels a layer instead of ~25, no synchronisation after the plan, and
-the execute phase is a fixed sequence of fixed-shape kernels once the tables
-are padded to a capacity, so on CUDA it can be captured in a CUDA graph and
-replayed (``GraphedUNet``; padded rows read the sentinel and are never read
-by real rows).
+A few kernels a layer instead of ~25, and no synchronisation: with the tables
+padded to capacities the whole plan + execute is a fixed sequence of
+fixed-shape kernels, captured once in a CUDA graph and replayed every frame
+(``GraphedUNet``; padding rows read the zero sentinel or other padding rows,
+never voxels, and voxels never read them).
 
 Outputs equal the spconv network up to floating-point summation order
 (tests/models/test_engine.py compares against the fused and unfused spconv
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perception4d.ops.gather_conv import gather_conv
+from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
 SPACE = (3, 3, 3, 1)
@@ -63,7 +63,7 @@ class _Conv(nn.Module):
         self.bias = _param(conv.bias)
 
     def forward(self, xs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """xs: (N_in + 1, Cin) features with the sentinel row; table: (N_out, K)."""
+        """xs: (N_in + 1, Cin) features with the sentinel row; table: (K, N_out) rows of ``xs``."""
         return gather_conv(xs, table, self.weight, self.bias, relu=True)
 
 
@@ -87,7 +87,7 @@ class _Block(nn.Module):
         self.fuse = _Linear(block.fuse)
 
     def forward(self, xs: torch.Tensor, tables: dict) -> torch.Tensor:
-        n = tables[SPACE].shape[0]
+        n = tables[SPACE].shape[1]
         s = self.space(xs, tables[SPACE])
         t = self.time(xs, tables[TIME])
         return _with_sentinel(self.fuse(torch.cat([xs[:n], s, t], 1)))
@@ -109,8 +109,8 @@ class _Up(nn.Module):
         """coarse: (N_next + 1, Cin) with sentinel; up_rows: (N,) flat rows; skip: (N + 1, Cout) with sentinel."""
         n_next = coarse.shape[0] - 1
         children = (coarse[:n_next] @ self.weight).view(n_next * 8, self.cout)
-        x = _with_sentinel(children).index_select(0, up_rows)
-        x = torch.relu_(x + self.bias)
+        bias = self.bias if self.bias.dtype == children.dtype else self.bias.to(children.dtype)
+        x = gather_rows(_with_sentinel(children), up_rows, bias, relu=True)
         return _with_sentinel(self.fuse(torch.cat([x, skip[:-1]], 1)))
 
 

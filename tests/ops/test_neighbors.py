@@ -31,7 +31,7 @@ def test_submanifold_tables_equal_a_dictionary_lookup(seed, n, shape):
     coords = _random_coords(seed, n, shape)
     plan = build_unet_plan(coords, shape, 2, 1)
     for kernel in ((3, 3, 3, 1), (1, 1, 1, 3)):
-        np.testing.assert_array_equal(plan.levels[0].subm[kernel].numpy(), _brute_subm(coords, kernel))
+        np.testing.assert_array_equal(plan.levels[0].subm[kernel].numpy().T, _brute_subm(coords, kernel))
 
 
 @settings(max_examples=25, deadline=None)
@@ -48,7 +48,7 @@ def test_down_and_up_tables_follow_p_div_2(seed, n, shape):
             parents.setdefault(p, {})[(c[1] % 2) * 4 + (c[2] % 2) * 2 + (c[3] % 2)] = i
     got = {tuple(c): r for r, c in enumerate(coarse.coords.tolist())}
     assert set(got) == set(parents) and coarse.n == len(parents)
-    down = coarse_down = fine.down.numpy()
+    down = fine.down.numpy().T
     for p, children in parents.items():
         expect = [children.get(k, fine.n) for k in range(8)]
         assert list(down[got[p]]) == expect
@@ -58,7 +58,7 @@ def test_down_and_up_tables_follow_p_div_2(seed, n, shape):
             assert up[i] == got[p] * 8 + k
     orphans = [i for i in range(fine.n) if i not in {i for ch in parents.values() for i in ch.values()}]
     assert all(up[i] == coarse.n * 8 for i in orphans)
-    assert coarse_down.shape == (coarse.n, 8)
+    assert fine.down.shape == (8, coarse.n) and fine.down.dtype == torch.int32
 
 
 def test_padded_plan_with_capacities_equals_the_exact_plan_and_flags_overflow():
@@ -74,15 +74,15 @@ def test_padded_plan_with_capacities_equals_the_exact_plan_and_flags_overflow():
     for e, p in zip(exact.levels, padded.levels):
         n = e.n
         for k in e.subm:
-            t = p.subm[k][:n]
+            t = p.subm[k][:, :n]
             np.testing.assert_array_equal(torch.where(t == p.n, n, t).numpy(), e.subm[k].numpy())
-            assert bool((p.subm[k][n:] >= n).all()), "padding rows read padding or the sentinel, never voxels"
+            assert bool((p.subm[k][:, n:] >= n).all()), "padding rows read padding or the sentinel, never voxels"
         np.testing.assert_array_equal(p.coords[:n].numpy(), e.coords.numpy())
         if e.down is not None:
-            nn_ = e.down.shape[0]
-            d = p.down[:nn_]
+            nn_ = e.down.shape[1]
+            d = p.down[:, :nn_]
             np.testing.assert_array_equal(torch.where(d == p.n, n, d).numpy(), e.down.numpy())
-            assert bool((p.down[nn_:] == p.n).all())
+            assert bool((p.down[:, nn_:] == p.n).all())
             u = p.up[:n]
             np.testing.assert_array_equal(torch.where(u == caps[e is exact.levels[1]] * 8, nn_ * 8, u).numpy(),
                                           e.up.numpy())
@@ -121,11 +121,27 @@ def test_triton_gather_conv_equals_the_gather_then_gemm_reference(dtype, cin, co
     torch.manual_seed(0)
     n_in, n = 5000, 7001
     xs = torch.cat([torch.randn(n_in, cin), torch.zeros(1, cin)]).to("cuda", dtype)
-    table = torch.randint(0, n_in + 1, (n, k), device="cuda")
-    table[::3, ::2] = n_in  # many missing neighbours (the sentinel row)
+    table = torch.randint(0, n_in + 1, (k, n), device="cuda", dtype=torch.int32)
+    table[::2, ::3] = n_in  # many missing neighbours (the sentinel row)
     w = (torch.randn(k * cin, cout) * 0.1).to("cuda", dtype)
     b = torch.randn(cout).to("cuda", dtype)
     ref = gather_conv_torch(xs.float(), table, w.float(), b.float())
     out = gather_conv_triton(xs, table, w, b)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("c", [16, 64])
+def test_triton_row_gather_with_bias_and_relu_equals_index_select(dtype, c):
+    from perception4d.ops.gather_conv import gather_rows, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not installed")
+    torch.manual_seed(0)
+    src = torch.randn(3001, c, device="cuda", dtype=dtype)
+    idx = torch.randint(0, 3001, (10007,), device="cuda", dtype=torch.int32)
+    b = torch.randn(c, device="cuda", dtype=dtype)
+    torch.testing.assert_close(gather_rows(src, idx, b, relu=True), torch.relu(src[idx.long()] + b))
+    torch.testing.assert_close(gather_rows(src, idx), src[idx.long()])
