@@ -13,7 +13,9 @@ Two implementations of one operation:
   docs/benchmarks.md).
 
 ``xs`` carries a zero *sentinel* row after its voxels; tables point missing
-neighbours at it, so no masking of the gathered rows is needed.
+neighbours at it. The reference gathers it like any row; the kernels skip the
+load (most of a sparse kernel's offsets are missing, and thousands of lanes
+reading one row serialise on one cache line).
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    configs = [triton.Config({"BLOCK_N": bn}, num_warps=nw, num_stages=ns)
+               for bn, nw, ns in ((64, 4, 2), (128, 4, 3), (128, 8, 3), (256, 8, 2))]
+
+    @triton.autotune(configs=configs, key=["K", "CIN", "COUT", "BLOCK_CO"])
     @triton.jit
-    def gather_gemm(x_ptr, tab_ptr, w_ptr, b_ptr, out_ptr, n_rows, K,
+    def gather_gemm(x_ptr, tab_ptr, w_ptr, b_ptr, out_ptr, n_rows, K, sentinel,
                     CIN: tl.constexpr, COUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
                     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr):
         pid_n = tl.program_id(0)
@@ -62,7 +68,10 @@ def _kernel():
         rows64 = rows.to(tl.int64)
         for k in range(K):
             idx = tl.load(tab_ptr + k * n_rows + rows64, mask=rmask, other=0).to(tl.int64)
-            x = tl.load(x_ptr + idx[:, None] * CIN + ci[None, :], mask=rmask[:, None], other=0.0)
+            # missing neighbours read nothing: thousands of lanes loading the one sentinel row would all queue
+            # on the same L2 line
+            hit = rmask & (idx != sentinel)
+            x = tl.load(x_ptr + idx[:, None] * CIN + ci[None, :], mask=hit[:, None], other=0.0)
             w = tl.load(w_ptr + (k * CIN + ci[:, None]) * COUT + co[None, :])
             if IEEE:
                 acc += tl.dot(x, w, input_precision="ieee")
@@ -96,12 +105,15 @@ def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tens
     if n == 0:
         return out
     block_co = min(cout, 64)
-    block_n = 128 if cin * block_co <= 32 * 32 else 64
-    grid = (-(-n // block_n), cout // block_co)
+
+    def grid(meta):
+        return (-(-n // meta["BLOCK_N"]), cout // block_co)
+
     b = bias if bias is not None else weight  # unused pointer when there is no bias
-    _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, CIN=cin, COUT=cout,
-                    BLOCK_N=block_n, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
-                    IEEE=xs.dtype == torch.float32, num_warps=4)
+    # tiles and pipelining picked per (offsets, channels) by Triton's autotuner at the first call (warm-up)
+    _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, xs.shape[0] - 1, CIN=cin,
+                    COUT=cout, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
+                    IEEE=xs.dtype == torch.float32)
     return out
 
 
@@ -111,13 +123,14 @@ def _rows_kernel():
     import triton.language as tl
 
     @triton.jit
-    def gather_rows(src_ptr, idx_ptr, b_ptr, out_ptr, n_rows, C: tl.constexpr, BLOCK_N: tl.constexpr,
+    def gather_rows(src_ptr, idx_ptr, b_ptr, out_ptr, n_rows, sentinel, C: tl.constexpr, BLOCK_N: tl.constexpr,
                     HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < n_rows
         c = tl.arange(0, C)
         idx = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
-        x = tl.load(src_ptr + idx[:, None] * C + c[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+        hit = rmask & (idx != sentinel)
+        x = tl.load(src_ptr + idx[:, None] * C + c[None, :], mask=hit[:, None], other=0.0).to(tl.float32)
         if HAS_BIAS:
             x += tl.load(b_ptr + c)[None, :].to(tl.float32)
         if RELU:
@@ -138,7 +151,7 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None 
         if idx.shape[0]:
             block = max(16, min(256, 4096 // c))
             _rows_kernel()[(-(-idx.shape[0] // block),)](src, idx.contiguous(), bias if bias is not None else src,
-                                                         out, idx.shape[0], C=c, BLOCK_N=block,
+                                                         out, idx.shape[0], src.shape[0] - 1, C=c, BLOCK_N=block,
                                                          HAS_BIAS=bias is not None, RELU=relu, num_warps=4)
         return out
     out = src.index_select(0, idx)

@@ -214,7 +214,8 @@ class _Capture:
                 run()
         torch.cuda.current_stream(device).wait_stream(side)
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.out, self.counts, self.overflow = run()
+            self.out, counts, overflow = run()
+            self.status = torch.cat([overflow.view(1).to(torch.int64), counts])  # read back in one copy
 
     def replay(self, features: torch.Tensor, coords: torch.Tensor) -> None:
         n = coords.shape[0]
@@ -231,14 +232,19 @@ class GraphedUNet:
     the sizes seen so far, each with ``margin``. A frame that does not fit (more voxels, or a coarser level
     overflowing, reported by the plan itself) grows the capacities and is captured again; one capture is
     kept per (grid, batch, dtype, autocast). Each frame costs one small host synchronisation (the overflow
-    flag). If capturing fails, the engine runs eagerly (logged once).
+    flag and the level sizes). Capacities also shrink: after ``shrink_after`` frames in a row that would fit
+    in less than half of some level's capacity (a warm-up on a denser synthetic cloud, a change of scene),
+    the graph is captured again at the largest sizes of those frames. If capturing fails, the engine runs
+    eagerly (logged once).
     """
 
-    def __init__(self, engine: GatherUNet, margin: float = 1.15, quantum: int = 8192):
+    def __init__(self, engine: GatherUNet, margin: float = 1.15, quantum: int = 8192, shrink_after: int = 8):
         self.engine = engine
         self.margin = margin
         self.quantum = quantum
+        self.shrink_after = shrink_after
         self._captures: dict = {}
+        self._small: dict = {}  # key -> level sizes of the recent frames that would fit in half the capacities
         self.captures_made = 0
         self.disabled_reason: str | None = None
 
@@ -247,15 +253,28 @@ class GraphedUNet:
                      for i, c in enumerate(counts))
         return caps if old is None else tuple(max(a, b) for a, b in zip(caps, old))
 
-    def _capture(self, key, features, coords, spatial_shape, batch_size, counts, amp) -> _Capture:
-        old = self._captures.pop(key, None)  # free the old graph's memory before capturing a larger one
-        caps = self._capacities(counts, None if old is None else old.capacities)
+    def _capture(self, key, features, coords, spatial_shape, batch_size, counts, amp, grow_only=True) -> _Capture:
+        old = self._captures.pop(key, None)  # free the old graph's memory before capturing a new one
+        self._small.pop(key, None)
+        caps = self._capacities(counts, old.capacities if old is not None and grow_only else None)
         del old
         cap = _Capture(self.engine, spatial_shape, batch_size, caps, features.shape[1], features.dtype,
                        features.device, amp)
         self._captures[key] = cap
         self.captures_made += 1
         return cap
+
+    def _track_small(self, key, cap, counts, features, coords, spatial_shape, batch_size, amp) -> None:
+        """Count frames that would fit in half the capacities; capture smaller after ``shrink_after`` of them."""
+        need = self._capacities(counts, None)
+        if not any(c > 2 * m for c, m in zip(cap.capacities, need)):
+            self._small.pop(key, None)
+            return
+        seen = self._small.setdefault(key, [])
+        seen.append(counts)
+        if len(seen) >= self.shrink_after:
+            largest = [max(col) for col in zip(*seen)]
+            self._capture(key, features, coords, spatial_shape, batch_size, largest, amp, grow_only=False)
 
     def __call__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
         if self.disabled_reason is not None:
@@ -270,10 +289,13 @@ class GraphedUNet:
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
                     cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
                 cap.replay(features, coords)
-                if bool(cap.overflow):  # a coarser level outgrew its capacity: grow to this frame's exact sizes
+                overflow, *counts = cap.status.tolist()
+                if overflow:  # a coarser level outgrew its capacity: grow to this frame's exact sizes
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
                     cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
                     cap.replay(features, coords)
+                else:
+                    self._track_small(key, cap, counts, features, coords, spatial_shape, batch_size, amp)
                 return cap.out[:n].clone()
         except RuntimeError as exc:  # capture not supported here: stay correct, run eagerly
             import logging

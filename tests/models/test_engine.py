@@ -131,3 +131,21 @@ def test_shipped_flow_network_on_the_engine_matches_spconv_on_cuda(half):
     for _ in range(3):  # capture, then replays
         out = _forward(model, samples)["flow"]
     assert (out.float() - ref.float()).abs().max() < (5e-2 if half else 1e-3)
+
+
+@needs_cuda
+def test_cuda_graph_capacities_shrink_after_a_run_of_small_frames():
+    engine = GatherUNet(fuse_backbone(_random_backbone())).cuda()
+    runner = GraphedUNet(engine, quantum=1024, shrink_after=3)
+    shape = (64, 64, 8, 3)
+    big = _input(0, 30000, shape, batch=1, device="cuda")
+    with torch.no_grad():
+        runner(big.features, big.indices, shape, 1)
+        first = next(iter(runner._captures.values())).capacities
+        for i in range(4):
+            small = _input(1 + i, 4000, shape, batch=1, device="cuda")
+            out = runner(small.features, small.indices, shape, 1)
+            eager = engine.execute(small.features, engine.plan(small.indices, shape, 1))
+            torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    assert runner.captures_made == 2
+    assert next(iter(runner._captures.values())).capacities[0] < first[0] / 2
