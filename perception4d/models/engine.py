@@ -27,6 +27,8 @@ networks on CPU, and on CUDA in the GPU tests).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -186,6 +188,10 @@ class GatherUNet(nn.Module):
         return super()._apply(fn, recurse)
 
 
+#: one capture at a time in a process (thread workers on several GPUs share the interpreter)
+_CAPTURE_LOCK = threading.RLock()
+
+
 def _round_up(n: int, quantum: int) -> int:
     return max(quantum, -(-int(n) // quantum) * quantum)
 
@@ -207,15 +213,21 @@ class _Capture:
                                    capacities=capacities[1:])
                 return engine.execute(self.features, plan), plan.counts, plan.overflow
 
+        prev = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
+        side.wait_stream(prev)
         with torch.cuda.stream(side):  # warm-up outside the capture (library handles, constants, allocator)
             for _ in range(2):
                 run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.out, counts, overflow = run()
-            self.status = torch.cat([overflow.view(1).to(torch.int64), counts])  # read back in one copy
+        prev.wait_stream(side)
+        try:
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.out, counts, overflow = run()
+                self.status = torch.cat([overflow.view(1).to(torch.int64), counts])  # read back in one copy
+        finally:
+            # a failed capture can leave the capture stream current: give the caller its stream back
+            if torch.cuda.current_stream(device) != prev:
+                torch.cuda.set_stream(prev)
 
     def replay(self, features: torch.Tensor, coords: torch.Tensor) -> None:
         n = coords.shape[0]
@@ -258,8 +270,9 @@ class GraphedUNet:
         self._small.pop(key, None)
         caps = self._capacities(counts, old.capacities if old is not None and grow_only else None)
         del old
-        cap = _Capture(self.engine, spatial_shape, batch_size, caps, features.shape[1], features.dtype,
-                       features.device, amp)
+        with _CAPTURE_LOCK:  # warm-up (Triton's autotuning) and capture of one graph at a time
+            cap = _Capture(self.engine, spatial_shape, batch_size, caps, features.shape[1], features.dtype,
+                           features.device, amp)
         self._captures[key] = cap
         self.captures_made += 1
         return cap
