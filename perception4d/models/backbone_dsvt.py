@@ -41,8 +41,7 @@ from torch import nn
 
 from perception4d.errors import ConfigError
 from perception4d.models.dsvt.layers import AttentionPool, SetBlock, Unpool
-from perception4d.models.dsvt.partition import (BackbonePlan, LevelPlan, WindowSpec, partition_window, pool_regions,
-                                                window_positions)
+from perception4d.models.dsvt.partition import BackbonePlan, WindowSpec, plan_level
 from perception4d.registry import MODELS
 
 TIME_MODES = ("window", "axis")
@@ -118,19 +117,18 @@ class VoxelTransformer4D(nn.Module):
 
     @torch.no_grad()
     def plan(self, coords: torch.Tensor, spatial_shape: Sequence[int]) -> BackbonePlan:
-        """Windows, sets and pooling regions of every level, from int32 (b, x, y, z, t) coordinates."""
+        """Windows, sets and pooling regions of every level, from int32 (b, x, y, z, t) coordinates.
+
+        One device synchronisation per level (``plan_level``: the level's set and region counts).
+        """
         levels, pools = [], []
         shape = tuple(int(s) for s in spatial_shape)
-        for lvl in range(len(self.channels)):
-            keys = self.plan_keys(lvl)
-            windows = list(dict.fromkeys(w for w, _ in keys))
-            by_window = {w: partition_window(coords, shape, w, self.set_size, tuple(a for v, a in keys if v == w))
-                         for w in windows}
-            parts = {(w, a): by_window[w][a] for w, a in keys}
-            positions = {w: window_positions(coords, shape, w) for w in windows}
-            levels.append(LevelPlan(coords=coords, spatial_shape=shape, partitions=parts, positions=positions))
-            if lvl < len(self.channels) - 1:
-                pool = pool_regions(coords, shape, self.pool_stride)
+        last = len(self.channels) - 1
+        for lvl in range(last + 1):
+            level, pool = plan_level(coords, shape, self.plan_keys(lvl), self.set_size,
+                                     self.pool_stride if lvl < last else None)
+            levels.append(level)
+            if pool is not None:
                 pools.append(pool)
                 coords, shape = pool.coords, pool.spatial_shape
         return BackbonePlan(levels=levels, pools=pools)
