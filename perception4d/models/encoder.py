@@ -53,9 +53,16 @@ class PointEncoder(nn.Module):
             return points.new_zeros(0, self.out_channels, dtype=dtype), points.new_zeros(
                 points.shape[0], self.out_channels, dtype=dtype)
         raw = self.point_inputs(points, time, sparse)
-        idx = (sparse.point_to_voxel >= 0).nonzero(as_tuple=True)[0]
-        point_feats = raw.new_zeros(raw.shape[0], self.out_channels, dtype=self.mlp[0].weight.dtype)
-        if idx.numel() > 0:
-            point_feats = point_feats.index_put((idx,), self.mlp(raw[idx].to(point_feats.dtype)).to(point_feats.dtype))
+        dtype = self.mlp[0].weight.dtype
+        # every point through the MLP, dropped points zeroed after it: no data-dependent selection (which
+        # would wait for the device); in training BatchNorm must see the kept points only
+        if self.training:
+            keep_idx = (sparse.point_to_voxel >= 0).nonzero(as_tuple=True)[0]
+            point_feats = raw.new_zeros(raw.shape[0], self.out_channels, dtype=dtype)
+            if keep_idx.numel() > 0:
+                point_feats = point_feats.index_put((keep_idx,), self.mlp(raw[keep_idx].to(dtype)).to(dtype))
+        else:
+            out = self.mlp(raw.to(dtype))
+            point_feats = torch.where((sparse.point_to_voxel >= 0)[:, None], out, torch.zeros_like(out)).to(dtype)
         voxel_feats = scatter_mean(point_feats, sparse.point_to_voxel, sparse.num_voxels)
         return voxel_feats, point_feats

@@ -26,6 +26,7 @@ from torch import nn
 
 from perception4d.models.backbone_spconv import Down, SparseUNet4D, STDBlock, Up
 from perception4d.models.encoder import PointEncoder
+from perception4d.models.heads.occupancy import OccupancyHead
 from perception4d.models.spconv_utils import import_spconv
 
 spconv = import_spconv()
@@ -66,6 +67,57 @@ def fold_sparse_conv(conv, bn: nn.BatchNorm1d):
         new.weight.copy_(w.to(conv.weight.dtype))
         new.bias = nn.Parameter(b.to(conv.weight.dtype))
     return new
+
+
+def fold_dense_conv(conv: nn.Conv3d | nn.ConvTranspose3d, bn: nn.BatchNorm3d) -> nn.Module:
+    """``bn(conv(x))`` as one dense 3D (transposed) convolution with a bias (a copy; ``conv`` is untouched)."""
+    scale, shift = _bn_affine(bn)
+    new = copy.deepcopy(conv)
+    w = conv.weight.double()
+    # Conv3d weights are (out, in, k, k, k); ConvTranspose3d weights are (in, out / groups, k, k, k)
+    axis = 1 if isinstance(conv, nn.ConvTranspose3d) else 0
+    if isinstance(conv, nn.ConvTranspose3d) and conv.groups != 1:
+        raise ValueError("folding a BatchNorm into a grouped transposed convolution is not supported")
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    w = w * scale.view(shape)
+    b = shift + (conv.bias.double() * scale if conv.bias is not None else 0.0)
+    with torch.no_grad():
+        new.weight.copy_(w.to(conv.weight.dtype))
+        new.bias = nn.Parameter(b.to(conv.weight.dtype))
+    return new
+
+
+def _fold_dense_seq(seq: nn.Sequential) -> nn.Sequential:
+    mods, out, i = list(seq), [], 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and i + 1 < len(mods) and isinstance(mods[i + 1],
+                                                                                              nn.BatchNorm3d):
+            out.append(fold_dense_conv(m, mods[i + 1]))
+            i += 2
+        else:
+            out.append(_fold_dense_seq(m) if isinstance(m, nn.Sequential) else _fold_dense_children(m))
+            i += 1
+    return nn.Sequential(*out)
+
+
+def _fold_dense_children(module: nn.Module) -> nn.Module:
+    for name, child in list(module.named_children()):
+        setattr(module, name, _fold_dense_seq(child) if isinstance(child, nn.Sequential)
+                else _fold_dense_children(child))
+    return module
+
+
+def fuse_dense_convs(module: nn.Module) -> nn.Module:
+    """In place: every (Conv3d | ConvTranspose3d, BatchNorm3d) pair inside an ``nn.Sequential`` of ``module``
+    folded into one convolution; dense convolution weights in ``channels_last_3d`` (cuDNN's native layout in
+    fp16: no layout transposes around every convolution)."""
+    _fold_dense_children(module)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
 
 
 def _conv_relu(conv, x):
@@ -160,7 +212,8 @@ def fuse_for_inference(model: nn.Module, engine: str = "auto", cuda_graphs: bool
     runs the backbone on ``perception4d.models.engine.GatherUNet`` (per-frame neighbour plan, gather + GEMM,
     one CUDA-graph replay a frame on CUDA when ``cuda_graphs``); ``"auto"``: gather when the model's
     parameters are on a CUDA device, spconv otherwise (spconv's CPU path is faster there; see
-    docs/benchmarks.md). Other backbones and the heads are copied unchanged. The copy refuses ``.train()``.
+    docs/benchmarks.md). The dense occupancy head's BatchNorms are folded into its 3D convolutions
+    (``fuse_dense_convs``); other backbones and heads are copied unchanged. The copy refuses ``.train()``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
@@ -169,6 +222,9 @@ def fuse_for_inference(model: nn.Module, engine: str = "auto", cuda_graphs: bool
     fused = copy.deepcopy(model).eval()
     if isinstance(fused.encoder, PointEncoder):
         fused.encoder.mlp = _fuse_mlp(fused.encoder.mlp)
+    for head in fused.heads.values():
+        if isinstance(head, OccupancyHead):
+            fuse_dense_convs(head)
     if isinstance(fused.backbone, SparseUNet4D):
         fuse_backbone(fused.backbone)
         on_cuda = next(fused.backbone.parameters()).is_cuda

@@ -64,3 +64,28 @@ def test_fused_network_matches_on_cuda_with_the_activation_in_the_kernel(half):
     out = _forward(model, samples)["flow"]
     tol = 5e-2 if half else 1e-3
     assert (out.float() - ref.float()).abs().max() < tol
+
+
+def test_dense_occupancy_head_folded_equals_the_unfused_head():
+    from perception4d.inference import DEFAULT_OCCUPANCY
+    from perception4d.models.fuse import fold_dense_conv
+
+    torch.manual_seed(0)
+    for conv in (torch.nn.Conv3d(4, 6, 3, padding=1, bias=False), torch.nn.ConvTranspose3d(4, 6, 2, stride=2)):
+        bn = torch.nn.BatchNorm3d(6).eval()
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+        x = torch.randn(2, 4, 5, 6, 3)
+        torch.testing.assert_close(fold_dense_conv(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    loaded = load_model(DEFAULT_OCCUPANCY, device="cpu", task="occupancy")
+    fused = fuse_for_inference(loaded.model)
+    head = fused.heads["occupancy"]
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in head.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in loaded.model.heads["occupancy"].modules())
+    samples = _toy_samples(loaded.geometry, ("occupancy",))
+    ref = _forward(loaded.model, samples)["occupancy"]
+    out = _forward(fused, samples)["occupancy"]
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out.velocity, ref.velocity, rtol=1e-3, atol=1e-3)
