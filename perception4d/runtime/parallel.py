@@ -14,7 +14,12 @@ says so. The API and the results stay the same: every worker runs the same
 ``Predictor`` code on the same admitted sweeps.
 
 The frame gate (``perception4d.runtime.policy``) runs once, in the caller;
-dropped frames never reach a worker. Results are joined per frame and handed
+dropped frames never reach a worker. Each admitted frame is prepared once in
+the caller: staged in reused (pinned) host buffers for inline and thread
+workers, copied into a reused shared-memory slot for process workers
+(``perception4d.runtime.workers``). ``outputs`` says what the results carry
+(default: everything the networks predict); process workers send back only
+that, compactly. Results are joined per frame and handed
 out in submission order: ``step`` (one frame in flight: latency) or ``submit``
 / ``collect`` (up to ``max_in_flight`` frames in flight: throughput). A worker
 that runs out of memory answers that frame with a FAILED result naming it and
@@ -27,7 +32,7 @@ import logging
 import queue
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,10 +41,10 @@ from perception4d.errors import ConfigError, Perception4DError
 from perception4d.runtime.models import ModelSpec
 from perception4d.runtime.policy import FramePolicy, StreamGate
 from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
-from perception4d.runtime.sweeps import HostSweep
+from perception4d.runtime.sweeps import StagingPool
 from perception4d.runtime.timing import StageTimes
-from perception4d.runtime.workers import (WORKER_KINDS, Fatal, FlushJob, Flushed, Job, PredictorOptions, Ready, Reply,
-                                          StartFailed, Worker, WorkerSpec, unshare_arrays)
+from perception4d.runtime.workers import (WORKER_KINDS, Fatal, FlushJob, Flushed, FrameSlots, Job, PredictorOptions,
+                                          Ready, Reply, ReplyBuffers, StartFailed, WireFrame, Worker, WorkerSpec)
 
 log = logging.getLogger("perception4d.runtime")
 
@@ -121,12 +126,21 @@ def plan_workers(models: Sequence[ModelSpec], group: str = "device", options: Pr
 
 
 class ParallelPredictor:
-    """Model sets on their devices, one frame stream (see the module docstring)."""
+    """Model sets on their devices, one frame stream (see the module docstring).
+
+    ``outputs`` / ``velocity_dtype``: shorthands for the ``PredictorOptions`` fields of those names, e.g.
+    ``outputs=("flow", "mos", "occupancy")``: occupancy classes without velocities (None: as ``options`` says).
+    """
 
     def __init__(self, models: Sequence[ModelSpec], *, workers: str = "thread", group: str = "device",
                  options: PredictorOptions = PredictorOptions(), policy: FramePolicy | None = None,
                  max_in_flight: int = 2, start_timeout_s: float = 900.0, reply_timeout_s: float = 600.0,
-                 cuda_count: int | None = None, **limits):
+                 cuda_count: int | None = None, outputs: Sequence[str] | None = None,
+                 velocity_dtype: str | None = None, **limits):
+        if outputs is not None:
+            options = replace(options, outputs=tuple(outputs))
+        if velocity_dtype is not None:
+            options = replace(options, velocity_dtype=velocity_dtype)
         if workers not in WORKER_KINDS:
             raise ConfigError(f"workers must be one of {WORKER_KINDS}, got {workers!r}")
         if int(max_in_flight) < 1:
@@ -139,7 +153,12 @@ class ParallelPredictor:
         self.gate = StreamGate(policy)
         self.max_in_flight = int(max_in_flight)
         self.reply_timeout_s = float(reply_timeout_s)
+        self.options = options
         self._pin = any(torch.device(s.device).type == "cuda" for s in self.specs)
+        self.staging = StagingPool(pin=self._pin)  # inline / thread workers: each frame staged once, here
+        self.frame_slots = FrameSlots()  # process workers: each frame copied once into shared memory
+        self._reply_buffers = ReplyBuffers()
+        self._slot_of: dict[int, int] = {}  # seq -> its frame slot (process workers)
         ctx = None
         if workers == "process":
             import torch.multiprocessing as tmp
@@ -225,15 +244,17 @@ class ParallelPredictor:
             self._done[seq] = FrameResult(seq, frame.frame_id, frame.timestamp_ns, Status.DROPPED, results,
                                           (time.perf_counter() - t0) * 1e3, admission.reason)
             return seq
-        host, prep_ms = None, 0.0
-        if self.kind != "process":  # prepared once (pinned when a worker uploads to CUDA), uploaded per device
-            t_prep = time.perf_counter()
-            host = HostSweep.from_frame(frame, non_finite=admission.non_finite, pin=self._pin)
-            prep_ms = (time.perf_counter() - t_prep) * 1e3
+        t_prep = time.perf_counter()
+        if self.kind == "process":  # the points copied once into a shared slot, read by every worker
+            job = Job(seq, admission, frame=WireFrame.from_frame(frame, self.frame_slots))
+            self._slot_of[seq] = job.frame.points.slot
+        else:  # prepared once (pinned when a worker uploads to CUDA), uploaded per device
+            job = Job(seq, admission, frame=frame, host=self.staging.stage(frame, non_finite=admission.non_finite))
+        job.prep_ms = (time.perf_counter() - t_prep) * 1e3
         self._pending[seq] = {}
         self._meta[seq] = (frame.frame_id, frame.timestamp_ns, t0)
         for w in self._workers:
-            w.send(Job(seq, admission, frame=frame, host=host, prep_ms=prep_ms))
+            w.send(job, self.frame_slots)
         return seq
 
     def collect(self) -> FrameResult:
@@ -287,18 +308,23 @@ class ParallelPredictor:
         if isinstance(msg, Fatal):
             raise WorkerError(f"worker {msg.worker} failed on frame {msg.frame_id or '?'} (seq {msg.seq}):\n{msg.text}")
         if isinstance(msg, Flushed):
-            self._flushed[msg.seq][msg.worker] = unshare_arrays(msg.fused)
+            self._flushed[msg.seq][msg.worker] = msg.fused
             return
         if not isinstance(msg, Reply):
             raise WorkerError(f"unexpected message {type(msg).__name__} from a worker")
         parts = self._pending[msg.seq]
-        parts[msg.worker] = unshare_arrays(msg.results)
+        parts[msg.worker] = self._reply_buffers.decode(msg) if msg.slot >= 0 else msg.results
         if len(parts) < len(self._workers):
             return
         del self._pending[msg.seq]
+        if msg.seq in self._slot_of:  # every worker answered: the frame's slot (and reply buffers) are free
+            self.frame_slots.release(self._slot_of.pop(msg.seq))
         frame_id, ts, t0 = self._meta.pop(msg.seq)
         by_name = {r.model: r for results in parts.values() for r in results}
         results = {n: by_name[n] for n in self.model_names}
         failed = [r.message for r in results.values() if r.status == Status.FAILED]
+        if failed:  # out of memory: the host buffers a huge frame grew are let go of
+            self.staging.trim()
+            self.frame_slots.trim()
         self._done[msg.seq] = FrameResult(msg.seq, frame_id, ts, Status.FAILED if failed else Status.OK, results,
                                           (time.perf_counter() - t0) * 1e3, "; ".join(failed))

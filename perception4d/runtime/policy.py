@@ -99,6 +99,24 @@ def usable_rows(frame: Frame, columns: tuple[str, ...]) -> np.ndarray:
     return np.isfinite(frame.points[:, present]).all(axis=1)
 
 
+def count_non_finite(frame: Frame, columns: tuple[str, ...]) -> int:
+    """Rows of ``frame`` with a non-finite value in an input column it has (``N - usable_rows(...).sum()``).
+
+    One reduction per column: the sum of a column is finite when every value in it is (a NaN or an infinity
+    makes it NaN or infinite); only a non-finite sum (such a value, or a float32 overflow of finite values)
+    falls back to the row-by-row test.
+    """
+    if frame.num_points == 0:
+        return 0
+    pts = frame.points
+    present = [frame.columns.index(c) for c in columns if c in frame.columns]
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(float(np.add.reduce(pts[:, j])) for j in present)
+    if np.isfinite(total):
+        return 0
+    return frame.num_points - int(np.count_nonzero(usable_rows(frame, columns)))
+
+
 class StreamGate:
     """Applies ``FramePolicy`` to a stream of frames; host-only, one per stream."""
 
@@ -117,7 +135,8 @@ class StreamGate:
         c = self.counters
         c.frames += 1
         name = frame.frame_id or f"frame at {frame.timestamp_ns} ns"
-        usable = int(usable_rows(frame, self.policy.columns).sum())
+        non_finite = count_non_finite(frame, self.policy.columns)
+        usable = frame.num_points - non_finite
         if usable == 0:
             c.dropped_empty += 1
             what = "no points" if frame.num_points == 0 else f"none of its {frame.num_points} points is finite"
@@ -145,7 +164,6 @@ class StreamGate:
         if reason:
             log.warning(reason)
         c.accepted += 1
-        non_finite = frame.num_points - usable
         c.non_finite_points += non_finite
         self._last_ns, self._last_id = frame.timestamp_ns, name
         return Admission(verdict, reason, non_finite, gap_s)

@@ -14,10 +14,24 @@ Which frame each output belongs to:
   so each result carries the scans that became final at that step;
 * occupancy: the step's frame.
 
+``outputs`` selects what a result carries (``OUTPUTS``; default: everything
+the network predicts, occupancy velocities included); what is not asked for
+is not copied to the host. ``velocity_dtype="float16"`` rounds the occupancy
+velocities to float16 on the device (half the copy; within a relative 2^-11
+of the float32 values, ``VELOCITY_FP16_RTOL``), still handed out as float32.
+
+Outputs reach the host in one go per step: the heads' reductions (the same
+arithmetic as their ``predict``: flow's dynamic flags, MOS probabilities,
+occupancy classes and masked velocities) run on the device, each array is
+copied once, ``non_blocking``, into a pinned buffer of its own that is reused
+step after step (``HostCopies``, grow-only), and the step synchronises once
+before copying them out into the result's own arrays. On the CPU nothing is
+copied. Heads of other kinds fall back to their own ``predict``.
+
 fp16 autocast is on by default on CUDA (off on the CPU); the first steps
 after construction run on synthetic sweeps (``Warmup``) so spconv's kernel
-selection, numba's compilation and the allocators are done before the first
-real frame.
+selection, numba's compilation and the allocators (staging and output
+buffers included) are done before the first real frame.
 """
 
 from __future__ import annotations
@@ -31,18 +45,47 @@ import numpy as np
 import torch
 
 from perception4d.core.frame import Frame
+from perception4d.core.labels import OCC_FREE
 from perception4d.core.se3 import SE3
 from perception4d.errors import ConfigError
 from perception4d.inference import LoadedModel, submission_flow
-from perception4d.models.heads.flow import FlowPrediction
-from perception4d.models.heads.occupancy import OccupancyPrediction
+from perception4d.models.heads.flow import DYNAMIC_SPEED, FlowHead, FlowPrediction
+from perception4d.models.heads.mos import MosHead
+from perception4d.models.heads.occupancy import OccupancyHead, OccupancyOutput as RawOccupancy, OccupancyPrediction
 from perception4d.mos.fusion import RecedingHorizonFusion
 from perception4d.runtime.models import LoadedModelSet, ModelSpec, load_model_set
 from perception4d.runtime.policy import Admission, FramePolicy, StreamGate
-from perception4d.runtime.sweeps import AssembledWindow, HostSweep, SweepRing
+from perception4d.runtime.sweeps import AssembledWindow, HostSweep, StagingPool, SweepRing
 from perception4d.runtime.timing import EventTimer, StageTimes
 
 log = logging.getLogger("perception4d.runtime")
+
+#: what a result can carry; ``outputs=`` picks among them ("occupancy_velocity" needs "occupancy")
+OUTPUTS = ("flow", "mos", "occupancy", "occupancy_velocity")
+VELOCITY_DTYPES = ("float32", "float16")
+#: velocity_dtype="float16": |v16 - v32| <= VELOCITY_FP16_RTOL * |v32| (+ VELOCITY_FP16_ATOL below float16's
+#: normal range, 6.1e-5 m/s); beyond 65504 m/s float16 overflows to infinity
+VELOCITY_FP16_RTOL = 2.0 ** -11
+VELOCITY_FP16_ATOL = 2.0 ** -25
+
+
+def check_outputs(outputs) -> tuple[str, ...]:
+    """``outputs`` as a tuple in ``OUTPUTS`` order; None: all of them. Unknown names raise ``ConfigError``."""
+    if outputs is None:
+        return OUTPUTS
+    names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    unknown = [o for o in names if o not in OUTPUTS]
+    if unknown:
+        raise ConfigError(f"outputs: unknown {unknown}; choose from {OUTPUTS}")
+    if "occupancy_velocity" in names and "occupancy" not in names:
+        raise ConfigError("outputs: 'occupancy_velocity' needs 'occupancy' as well")
+    return tuple(o for o in OUTPUTS if o in names)
+
+
+def check_velocity_dtype(velocity_dtype: str) -> str:
+    if velocity_dtype not in VELOCITY_DTYPES:
+        raise ConfigError(f"velocity_dtype must be one of {VELOCITY_DTYPES}, got {velocity_dtype!r}")
+    return velocity_dtype
 
 
 class Status(str, Enum):
@@ -89,7 +132,7 @@ class FusedMosOutput:
 class OccupancyOutput:
     frame_id: str  # the step's frame (its ego frame is the grid's frame)
     timestamp_ns: int
-    prediction: OccupancyPrediction
+    prediction: OccupancyPrediction  # velocity None when "occupancy_velocity" is not among the outputs
 
 
 @dataclass
@@ -151,19 +194,91 @@ def synthetic_frame(k: int, points: int, geometry, seed: int = 0) -> Frame:
     return Frame(pts, k * 100_000_000, pose=SE3.from_yaw(0.0, [float(k), 0.0, 0.0]), frame_id=f"warmup/{k}")
 
 
+class HostCopies:
+    """The device-to-host copies of one step's outputs (see the module docstring).
+
+    ``put(name, tensor)`` enqueues one ``non_blocking`` copy into the pinned buffer kept under ``name`` (grown,
+    never shrunk, when a step needs more); ``wait()`` is the step's one synchronisation; ``take(view)`` copies
+    a buffer out into an array of the result's own. On the CPU ``put`` returns the tensor itself and ``take``
+    its numpy view: nothing is copied. One step at a time (the buffers are overwritten by the next one).
+    """
+
+    GROWTH = 1.25
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if not self.cuda:
+            return tensor
+        n = tensor.numel()
+        buf = self.buffers.get(name)
+        if buf is None or buf.dtype != tensor.dtype or buf.numel() < n:
+            buf = torch.empty(max(int(n * self.GROWTH), 1), dtype=tensor.dtype, pin_memory=True)
+            self.buffers[name] = buf
+        view = buf[:n].view(tensor.shape)
+        view.copy_(tensor, non_blocking=True)
+        return view
+
+    def wait(self) -> None:
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def trim(self) -> None:
+        """Let go of the buffers (after running out of memory); the next step allocates what it needs."""
+        self.buffers.clear()
+
+    def take(self, view: torch.Tensor, dtype=None) -> np.ndarray:
+        a = view.numpy()
+        if self.cuda:
+            return np.array(a, dtype=dtype)
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+
+
+@dataclass
+class StagedOutputs:
+    """One step's outputs on their way to the host (``HostCopies`` views), or host objects already."""
+
+    flow: tuple | None = None  # (flow, is_dynamic, ego_flow, in_grid) views
+    mos: tuple | None = None  # (prob, in_grid) views: the whole window (fusion) or the newest sweep
+    mos_window: bool = False
+    occupancy: tuple | None = None  # (semantics view, velocity view or None, the grid's Geometry)
+    host: dict = field(default_factory=dict)  # task -> the head's own predict() output (heads of other kinds)
+
+
+@dataclass
+class LaunchedStep:
+    """A step between ``Predictor.launch`` and ``Predictor.finish``."""
+
+    result: Result
+    sweeps: list
+    t0: float
+    ingest_ms: float
+    asm: AssembledWindow | None = None
+    staged: StagedOutputs | None = None
+
+
 class Predictor:
     """Streaming inference of one model set on one device (see the module docstring).
 
     ``model``: a ``ModelSpec`` (built here), a ``LoadedModelSet`` or an offline ``LoadedModel``.
     ``ring``: a ring buffer shared with other predictors of the same device (each sweep is then uploaded
-    once for all of them; the owner pushes); None: the predictor owns one.
+    once for all of them; the owner pushes); None: the predictor owns one. ``staging``: the host staging
+    buffers of its sweeps (``StagingPool``, pinned for CUDA), shared with the ring's owner in the same
+    thread; None: its own. ``outputs`` / ``velocity_dtype``: see the module docstring.
     """
 
     def __init__(self, model: ModelSpec | LoadedModelSet | LoadedModel, device: torch.device | str, *,
                  amp: bool | None = None, mos_fusion: bool = False, mos_prior: float = 0.5,
                  policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
-                 host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None):
+                 host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None,
+                 outputs=None, velocity_dtype: str = "float32", staging: StagingPool | None = None):
         self.device = torch.device(device)
+        self.outputs = check_outputs(outputs)
+        self.velocity_dtype = check_velocity_dtype(velocity_dtype)
         if self.device.type == "cuda" and self.device.index is None:  # "cuda" -> the current device, by index
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.loaded = self._load(model)
@@ -187,8 +302,10 @@ class Predictor:
         self._owns_ring = ring is None
         self.ring = ring if ring is not None else SweepRing(self.device, self.geometry.num_frames, host_transform)
         self.timer = EventTimer(self.device)  # the network's timer during this predictor's steps only
+        self.staging = staging if staging is not None else StagingPool(pin=self.device.type == "cuda")
+        self.copies = HostCopies(self.device)
         self.fusion = RecedingHorizonFusion(self.geometry.num_frames, mos_prior) if (
-            mos_fusion and "mos" in self.tasks) else None
+            mos_fusion and "mos" in self.tasks and "mos" in self.outputs) else None
         self.stream_id = stream_id
         self._scans: dict[int, tuple[str, int]] = {}  # ring seq -> (frame id, timestamp) of scans in the fusion
         self.warmup_s = self._warm_up(warmup)
@@ -210,7 +327,9 @@ class Predictor:
     def describe(self) -> str:
         return (f"{self.loaded.describe()}, {'fp16 autocast' if self.amp else 'fp32'}"
                 + (", fused for inference" if self.fused else "")
-                + (", fused MOS" if self.fusion is not None else ""))
+                + (", fused MOS" if self.fusion is not None else "")
+                + ("" if self.outputs == OUTPUTS else f", outputs {'+'.join(self.outputs)}")
+                + (", float16 velocities" if self.velocity_dtype == "float16" else ""))
 
     # -- streaming ------------------------------------------------------------------------------------
     def step(self, frame: Frame) -> Result:
@@ -233,12 +352,16 @@ class Predictor:
     def ingest(self, frame: Frame, admission: Admission) -> float:
         """Host preparation and upload of an admitted frame into the ring; milliseconds (host wall time)."""
         t0 = time.perf_counter()
-        host = HostSweep.from_frame(frame, non_finite=admission.non_finite, pin=self.device.type == "cuda")
-        push_sweep(self.ring, host, admission)
+        push_sweep(self.ring, self.staging.stage(frame, non_finite=admission.non_finite), admission)
         return (time.perf_counter() - t0) * 1e3
 
     def predict(self, admission: Admission, t0: float, ingest_ms: float = 0.0) -> Result:
         """Run the network on the window ending at the ring's newest sweep (pushed by ``ingest``)."""
+        return self.finish(self.launch(admission, t0, ingest_ms))
+
+    def launch(self, admission: Admission, t0: float, ingest_ms: float = 0.0) -> Result | LaunchedStep:
+        """``predict``'s first half: the network and its outputs' copies to the host enqueued, not waited for
+        (model sets sharing a device launch one after another and then wait once). ``finish`` completes it."""
         sweeps = self.ring.latest(self.geometry.num_frames)
         newest = sweeps[-1]
         n = len(sweeps)
@@ -249,22 +372,38 @@ class Predictor:
             result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
             result.timings = StageTimes(ingest=ingest_ms, total=(time.perf_counter() - t0) * 1e3)
             return result
+        step = LaunchedStep(result, sweeps, t0, ingest_ms)
         self.timer.reset()
         try:
-            asm, sample_result = self._forward(self.ring)
+            step.asm, step.staged = self._forward(self.ring)
+        except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
+            return self._step_failed(step, exc)
+        return step
+
+    def finish(self, step: Result | LaunchedStep) -> Result:
+        """``predict``'s second half: the step's one synchronisation, then the result from the host copies."""
+        if isinstance(step, Result):
+            return step
+        result = step.result
+        try:
+            self.copies.wait()  # every output is on the host after it
             t_out = time.perf_counter()
-            self._outputs(result, asm, sample_result)
+            self._outputs(result, step.asm, step.staged)
             self.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
         except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
-            failed = self.failed(newest.frame_id, newest.timestamp_ns, exc, t0,
-                                 f"{n} sweeps, {sum(s.num_points for s in sweeps)} points")
-            failed.health, failed.timings.ingest = health, ingest_ms
-            if self._owns_ring:  # a shared ring is trimmed by its owner once every model set has run
-                self.ring.drop_newest(newest.seq)
-            return failed
-        result.timings = self.timer.stage_times((time.perf_counter() - t0) * 1e3)
-        result.timings.ingest = ingest_ms
+            return self._step_failed(step, exc)
+        result.timings = self.timer.stage_times((time.perf_counter() - step.t0) * 1e3)
+        result.timings.ingest = step.ingest_ms
         return result
+
+    def _step_failed(self, step: LaunchedStep, exc: Exception) -> Result:
+        newest = step.sweeps[-1]
+        failed = self.failed(newest.frame_id, newest.timestamp_ns, exc, step.t0,
+                             f"{len(step.sweeps)} sweeps, {sum(s.num_points for s in step.sweeps)} points")
+        failed.health, failed.timings.ingest = step.result.health, step.ingest_ms
+        if self._owns_ring:  # a shared ring is trimmed by its owner once every model set has run
+            self.ring.drop_newest(newest.seq)
+        return failed
 
     def failed(self, frame_id: str, timestamp_ns: int, exc: Exception, t0: float, what: str) -> Result:
         """The result of a step that ran out of memory (any other exception propagates: it is a bug)."""
@@ -272,6 +411,8 @@ class Predictor:
             raise exc
         self.gate.counters.failed += 1
         self.timer.reset()
+        self.staging.trim()  # the host buffers a huge sweep grew are let go of, as the device's cached blocks
+        self.copies.trim()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         message = (f"{self.name}: out of memory on {self.device} at frame {frame_id} ({what}): "
@@ -289,13 +430,14 @@ class Predictor:
 
     # -- internals --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, ring: SweepRing) -> tuple[AssembledWindow, object]:
+    def _forward(self, ring: SweepRing) -> tuple[AssembledWindow, StagedOutputs]:
+        """The network on the ring's newest window; its outputs' copies to the host enqueued (not waited for)."""
         if self.device.type == "cuda":  # spconv launches on the current device: make it this predictor's
             with torch.cuda.device(self.device):
                 return self._forward_on_device(ring)
         return self._forward_on_device(ring)
 
-    def _forward_on_device(self, ring: SweepRing) -> tuple[AssembledWindow, object]:
+    def _forward_on_device(self, ring: SweepRing) -> tuple[AssembledWindow, StagedOutputs]:
         asm = ring.assemble(self.geometry, flow_layout="flow" in self.tasks, sequence_id=self.stream_id,
                             timer=self.timer)
         model = self.loaded.model
@@ -303,38 +445,112 @@ class Predictor:
         try:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), \
                     self.timer.stage("network"):
-                sample_result = model(inputs=asm.batch, mode="predict")[0]
+                raw = model(inputs=asm.batch, mode="tensor")
         finally:
             model.timer = previous
-        return asm, sample_result
+        with self.timer.stage("outputs"):
+            staged = self._stage_outputs(asm, raw)
+        return asm, staged
 
-    def _outputs(self, result: Result, asm: AssembledWindow, sr) -> None:
+    def _stage_outputs(self, asm: AssembledWindow, raw: dict) -> StagedOutputs:
+        """The arithmetic of the heads' ``predict`` on the device, for the outputs asked for, and the copies."""
+        batch, n, put = asm.batch, len(asm.sweeps), self.copies.put
+        heads = self.loaded.model.heads
+        out = StagedOutputs()
+        for task, head in heads.items():
+            value = raw[task]
+            if task == "flow":
+                if "flow" not in self.outputs or asm.source_index != n - 2:
+                    continue
+                if type(head) is not FlowHead:
+                    out.host[task] = head.predict(value, batch)[0]
+                    continue
+                flow = value.detach().float()
+                speed = torch.linalg.vector_norm(flow - batch.ego_flow, dim=1) / batch.dt
+                out.flow = (put("flow", flow), put("flow_dynamic", speed >= DYNAMIC_SPEED),
+                            put("flow_ego", batch.ego_flow), put("flow_in_grid", batch.source_in_grid))
+            elif task == "mos":
+                if "mos" not in self.outputs:
+                    continue
+                if type(head) is not MosHead:
+                    out.host[task] = head.predict(value, batch)[0]
+                    continue
+                # over the whole window as the head does (a vectorised sigmoid may round a point differently
+                # at another position in the array), then only the newest sweep's rows unless fusion needs all
+                prob, in_grid = torch.sigmoid(value.detach().float()), batch.sparse.point_to_voxel >= 0
+                out.mos_window = self.fusion is not None
+                if not out.mos_window:
+                    o = batch.samples[0].aligned.offsets
+                    prob, in_grid = prob[int(o[n - 1]):int(o[n])], in_grid[int(o[n - 1]):int(o[n])]
+                out.mos = (put("mos_prob", prob), put("mos_in_grid", in_grid))
+            elif task == "occupancy":
+                if "occupancy" not in self.outputs:
+                    continue
+                if type(head) is not OccupancyHead or not isinstance(value, RawOccupancy):
+                    out.host[task] = head.predict(value, batch)[0]
+                    continue
+                sem = value.logits.detach().argmax(dim=1)[0]
+                vel = None
+                if "occupancy_velocity" in self.outputs:
+                    vel = value.velocity.detach().float()[0].permute(1, 2, 3, 0) * (sem != OCC_FREE)[..., None]
+                    if self.velocity_dtype == "float16":
+                        vel = vel.half()
+                    vel = put("occupancy_velocity", vel)
+                out.occupancy = (put("occupancy_semantics", sem.to(torch.uint8)), vel, head.grid)
+            else:
+                out.host[task] = head.predict(value, batch)[0]
+        return out
+
+    def _outputs(self, result: Result, asm: AssembledWindow, staged: StagedOutputs) -> None:
+        """The result's outputs from the staged copies (on the host once ``copies.wait()`` returned)."""
         sweeps, n = asm.sweeps, len(asm.sweeps)
+        take = self.copies.take
         sparse = asm.batch.sparse
         h = result.health
         h.window_points, h.voxels = sparse.num_points, sparse.num_voxels
         h.dropped_out_of_range, h.dropped_non_finite = sparse.dropped.out_of_range, sparse.dropped.non_finite
         newest = sweeps[-1]
-        if sr.flow is not None and asm.source_index == n - 2:
+        meta = asm.batch.samples[0].meta
+        flow = staged.host.get("flow")
+        if staged.flow is not None:
+            flow = FlowPrediction(*(take(v) for v in staged.flow))
+        if flow is not None:
             src = sweeps[asm.source_index]
-            sub = submission_flow(sr.flow, src.frame_id)
-            result.flow = FlowOutput(src.frame_id, src.timestamp_ns, newest.frame_id, sr.meta.dt,
-                                     replace(sr.flow, flow=sub.flow, is_dynamic=sub.is_dynamic), sub.non_finite)
-        elif "flow" in self.tasks:
+            sub = submission_flow(flow, src.frame_id)
+            result.flow = FlowOutput(src.frame_id, src.timestamp_ns, newest.frame_id, meta.dt,
+                                     replace(flow, flow=sub.flow, is_dynamic=sub.is_dynamic), sub.non_finite)
+        elif "flow" in self.tasks and "flow" in self.outputs and asm.source_index != n - 2:
             result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
-        if sr.mos is not None:
-            pred = sr.mos
-            o = pred.offsets
-            result.mos = MosOutput(newest.frame_id, newest.timestamp_ns, pred.frame(n - 1).copy(),
-                                   pred.in_grid[o[n - 1]:o[n]].copy(), n)
+        if staged.mos is not None or "mos" in staged.host:
+            if staged.mos is not None:
+                prob, in_grid = (take(v) for v in staged.mos)
+                o = asm.batch.samples[0].aligned.offsets if staged.mos_window else np.array([0, len(prob)])
+            else:
+                pred = staged.host["mos"]
+                prob, in_grid, o = pred.prob, pred.in_grid, pred.offsets
+            last = slice(int(o[-2]), int(o[-1]))
+            # take() gave the newest sweep's rows arrays of their own on CUDA; otherwise they are cut out
+            own = self.copies.cuda and staged.mos is not None and not staged.mos_window
+            result.mos = MosOutput(newest.frame_id, newest.timestamp_ns, prob if own else prob[last].copy(),
+                                   in_grid if own else in_grid[last].copy(), n)
             if self.fusion is not None:
                 for s in sweeps:
                     self._scans.setdefault(s.seq, (s.frame_id, s.timestamp_ns))
-                fused = self.fusion.add_window([s.seq for s in sweeps], [pred.frame(j) for j in range(n)],
-                                               [pred.in_grid[o[j]:o[j + 1]] for j in range(n)])
+                fused = self.fusion.add_window([s.seq for s in sweeps], [prob[o[j]:o[j + 1]] for j in range(n)],
+                                               [in_grid[o[j]:o[j + 1]] for j in range(n)])
                 result.mos_fused = [self._fused(f) for f in fused]
-        if sr.occupancy is not None:
-            result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, sr.occupancy)
+        occ = staged.host.get("occupancy")
+        if staged.occupancy is not None:
+            sem, vel, grid = staged.occupancy
+            occ = OccupancyPrediction(semantics=take(sem), velocity=None if vel is None else take(vel, np.float32),
+                                      geometry=grid)
+        elif occ is not None:  # a head's own predict: dense float32 velocities
+            if "occupancy_velocity" not in self.outputs:
+                occ = replace(occ, velocity=None)
+            elif self.velocity_dtype == "float16":
+                occ = replace(occ, velocity=occ.velocity.astype(np.float16).astype(np.float32))
+        if occ is not None:
+            result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, occ)
 
     def _fused(self, f) -> FusedMosOutput:
         frame_id, ts = self._scans.pop(f.scan_id)
@@ -350,9 +566,10 @@ class Predictor:
         first = self.geometry.num_frames - 1
         for k in range(first + warmup.steps):
             frame = synthetic_frame(k, warmup.points, self.geometry)
-            ring.push(HostSweep.from_frame(frame, pin=self.device.type == "cuda"))
+            ring.push(self.staging.stage(frame))
             if k >= first:
-                self._forward(ring)
+                self._forward(ring)  # the outputs' copies too (their buffers); the results are not built
+                self.copies.wait()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timer.reset()

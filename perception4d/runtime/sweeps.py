@@ -1,15 +1,19 @@
 """The streaming window: sweeps uploaded once into a device ring buffer, re-aligned on the device every step.
 
-Per sweep, once (``HostSweep.from_frame`` on the host, ``SweepRing.push`` per device):
+Per sweep, once (``StagingPool.stage`` on the host, ``SweepRing.push`` per device):
 
 * the input columns (x, y, z in the sensor frame, intensity) are gathered into
-  pinned host memory (torch's caching host allocator recycles the block once
-  its copies have completed) and copied to the device with ``non_blocking``;
-  one host copy serves every device of the process;
+  a staging buffer of the pool (pinned host memory for CUDA targets), copied
+  to the device with ``non_blocking``; one host copy serves every device of
+  the process. The pool's buffers are allocated once and reused (grow-only:
+  a larger sweep replaces a buffer by a larger one); a buffer is written
+  again only once the ``HostSweep`` that used it is gone (every ring and job
+  let go of it) and its host-to-device copies have completed (CUDA events);
 * the sweep's points in its own ego frame (``Frame.xyz_in_ego``: the flow
   head's ego-motion baseline and the offline ``WindowSample.source_xyz``)
   are computed on the host with the same numpy arithmetic as the offline path
-  and uploaded beside them.
+  (float64 products into reused scratch buffers, bit-identical) and uploaded
+  beside them.
 
 Per step (``SweepRing.assemble``), because the reference is always the newest
 sweep and it moves with the ego:
@@ -29,8 +33,10 @@ The result is the ``BatchedWindows`` that ``WindowBatcher`` would build from
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -58,25 +64,175 @@ class HostSweep:
     ego_xyz: torch.Tensor  # (N, 3) float32 CPU (pinned likewise): the points in the sweep's own ego frame
     origin: np.ndarray | None  # (3,) sensor position in the ego frame (None: extrinsic unknown)
     non_finite: int = 0  # rows with a non-finite input value (kept)
+    slot: StagingSlot | None = field(default=None, repr=False, compare=False)  # the pool buffers it lives in
 
     @classmethod
     def from_frame(cls, frame: Frame, columns: tuple[str, ...] = INPUT_COLUMNS, non_finite: int = 0,
                    pin: bool = False) -> "HostSweep":
+        """The sweep in buffers of its own (no pool: allocated for this sweep, freed with it)."""
         n = frame.num_points
         cols = torch.empty((n, len(columns)), dtype=torch.float32, pin_memory=pin)
         ego = torch.empty((n, 3), dtype=torch.float32, pin_memory=pin)
-        cols.numpy()[:] = frame.select_columns(columns)
-        e = frame.extrinsic
-        if np.array_equal(e.rotation, np.eye(3)) and not np.any(e.translation):
-            ego.numpy()[:] = frame.xyz  # identity extrinsic: transform_points would return the same float32 values
-        else:
-            ego.numpy()[:] = frame.xyz_in_ego()
+        fill_host_arrays(frame, columns, cols.numpy(), ego.numpy())
         return cls(frame.frame_id, frame.timestamp_ns, frame.pose, frame.extrinsic, cols, ego, sensor_origin(frame),
                    non_finite)
 
     @property
     def num_points(self) -> int:
         return int(self.columns.shape[0])
+
+    def uploaded(self, device: torch.device) -> None:
+        """Note the host-to-device copies just enqueued on ``device``'s current stream: the staging buffers are
+        written again only after they completed."""
+        if self.slot is not None and device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self.slot.uploads.append(event)
+
+
+def gather_columns(frame: Frame, names: tuple[str, ...], out: np.ndarray) -> None:
+    """``Frame.select_columns(names)`` written into ``out`` ((N, len(names)) float32), column by column."""
+    for j, name in enumerate(names):
+        if name in frame.columns:
+            out[:, j] = frame.points[:, frame.columns.index(name)]
+        elif name in ("intensity", "time_offset"):
+            out[:, j] = 0.0
+        else:
+            raise KeyError(f"{frame.source or frame.frame_id or 'frame'} has no point column {name!r}")
+
+
+def is_identity(transform: SE3) -> bool:
+    return bool(np.array_equal(transform.rotation, np.eye(3)) and not np.any(transform.translation))
+
+
+def fill_host_arrays(frame: Frame, columns: tuple[str, ...], cols: np.ndarray, ego: np.ndarray,
+                     scratch: Callable[[int], np.ndarray] | None = None) -> None:
+    """The input columns of ``frame`` into ``cols`` and its points in its ego frame into ``ego``.
+
+    ``ego`` holds exactly ``Frame.xyz_in_ego()`` (``SE3.transform_points``: float32 -> float64, the rotation
+    product, the translation, rounded to float32). With ``scratch`` (N -> a (2, >= N, 3) float64 buffer) the same
+    arithmetic runs column by column into reused buffers (numpy's loops over rows of three are slow); a translation-only
+    extrinsic skips the product when every coordinate is finite (multiplying by the identity's ones and zeros
+    is exact there; a NaN or infinity would spread to the row's other coordinates through the zeros).
+    """
+    gather_columns(frame, columns, cols)
+    e = frame.extrinsic
+    pts = frame.points  # x, y, z are its first three columns
+    if is_identity(e):  # transform_points would return the same float32 values
+        for j in range(3):
+            ego[:, j] = pts[:, j]
+        return
+    if scratch is None:
+        ego[:] = frame.xyz_in_ego()
+        return
+    t = e.translation
+    # (a translation component of -0.0 would keep the sign of a -0.0 coordinate that the product makes +0.0)
+    if np.array_equal(e.rotation, np.eye(3)) and not np.any((t == 0) & np.signbit(t)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(sum(float(np.add.reduce(pts[:, j])) for j in range(3)))
+        if finite:
+            for j in range(3):
+                np.add(pts[:, j], t[j], out=ego[:, j], dtype=np.float64, casting="same_kind")
+            return
+    n = frame.num_points
+    buffer = scratch(n)
+    x64, y64 = buffer[0, :n], buffer[1, :n]
+    for j in range(3):
+        x64[:, j] = pts[:, j]
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are counted and logged by the gate
+        np.matmul(x64, e.rotation.T, out=y64)
+        for j in range(3):
+            np.add(y64[:, j], t[j], out=ego[:, j], casting="same_kind")
+
+
+class StagingSlot:
+    """A pair of staging buffers of a ``StagingPool``: ``rows`` rows of input columns and of ego xyz."""
+
+    def __init__(self, rows: int, width: int, pin: bool):
+        self.columns = torch.empty((rows, width), dtype=torch.float32, pin_memory=pin)
+        self.ego = torch.empty((rows, 3), dtype=torch.float32, pin_memory=pin)
+        self.uploads: list = []  # CUDA events after the host-to-device copies that read these buffers
+
+    @property
+    def rows(self) -> int:
+        return int(self.columns.shape[0])
+
+    def wait_uploads(self) -> None:
+        for event in self.uploads:
+            event.synchronize()
+        self.uploads.clear()
+
+
+class StagingPool:
+    """Reused, grow-only host buffers that sweeps are staged into (pinned for CUDA targets).
+
+    ``stage(frame)`` takes a free slot (a slot too small for the frame is replaced by one ``GROWTH`` times
+    larger, at least the frame's size), fills it (``fill_host_arrays``) and returns a ``HostSweep`` viewing it;
+    the slot becomes free again when that ``HostSweep`` is garbage. ``stage`` runs in one thread (the pool's
+    owner); slots may be released, and ``trim`` called, from any thread.
+
+    ``trim()`` (after running out of memory): the next ``stage`` first lets go of every free slot and of the
+    scratch buffer, so that one huge sweep does not keep its buffers for the rest of the stream.
+    """
+
+    GROWTH = 1.25  # headroom of a new buffer over the sweep that needed it
+    ROW_ALIGN = 1024
+
+    def __init__(self, pin: bool = False, columns: tuple[str, ...] = INPUT_COLUMNS):
+        self.pin = bool(pin)
+        self.columns = tuple(columns)
+        self._free: deque[StagingSlot] = deque()  # append / pop are atomic
+        self._scratch = np.empty((2, 0, 3), np.float64)
+        self._trim = False
+        self.allocations = 0  # slots allocated so far (a reused slot does not count)
+
+    def trim(self) -> None:
+        self._trim = True
+
+    def _scratch_for(self, n: int) -> np.ndarray:
+        if self._scratch.shape[1] < n:
+            self._scratch = np.empty((2, self._rows_for(n), 3), np.float64)
+        return self._scratch
+
+    def _rows_for(self, n: int) -> int:
+        a = self.ROW_ALIGN
+        return max(a, -(-int(n * self.GROWTH) // a) * a)
+
+    def _acquire(self, n: int) -> StagingSlot:
+        if self._trim:
+            self._trim = False
+            self._scratch = np.empty((2, 0, 3), np.float64)
+            while self._free:
+                try:
+                    self._free.pop().wait_uploads()
+                except IndexError:
+                    break
+        while self._free:
+            try:
+                slot = self._free.pop()  # the most recently released: warm in the caches
+            except IndexError:  # released and taken between the test and the pop: none left
+                break
+            slot.wait_uploads()
+            if slot.rows >= n:
+                return slot
+            # too small: dropped (freed once unreferenced), a larger one replaces it
+        self.allocations += 1
+        return StagingSlot(self._rows_for(n), len(self.columns), self.pin)
+
+    def stage(self, frame: Frame, non_finite: int = 0) -> HostSweep:
+        """``frame`` prepared in pool buffers (the same values as ``HostSweep.from_frame``)."""
+        n = frame.num_points
+        slot = self._acquire(n)
+        cols, ego = slot.columns[:n], slot.ego[:n]
+        try:
+            fill_host_arrays(frame, self.columns, cols.numpy(), ego.numpy(), self._scratch_for)
+        except BaseException:
+            self._free.append(slot)
+            raise
+        host = HostSweep(frame.frame_id, frame.timestamp_ns, frame.pose, frame.extrinsic, cols, ego,
+                         sensor_origin(frame), non_finite, slot)
+        weakref.finalize(host, self._free.append, slot)
+        return host
 
 
 @dataclass
@@ -184,6 +340,7 @@ class SweepRing:
         nb = self.device.type == "cuda" and host.columns.is_pinned()
         sweep = Sweep(self._next_seq, host, host.columns.to(self.device, non_blocking=nb),
                       host.ego_xyz.to(self.device, non_blocking=nb))
+        host.uploaded(self.device)
         self._next_seq += 1
         self._sweeps.append(sweep)
         return sweep

@@ -67,6 +67,32 @@ def test_cuda_out_of_memory_names_the_frame_and_the_predictor_recovers(frames):
         torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
+def test_pinned_staging_and_output_buffers_are_reused_and_grow(frames):
+    """Every step stages its sweep in pinned pool buffers and copies its outputs into the same pinned buffers;
+    a larger sweep grows them once."""
+    pred = Predictor(small_flow_spec(), "cuda", warmup=WARMUP)
+    later = [replace(f, timestamp_ns=f.timestamp_ns + 250_000_000, frame_id=f"again/{k}") for k, f in enumerate(frames)]
+    stream = list(frames) + later
+    for f in stream[:6]:
+        assert pred.step(f).status == Status.OK
+    buffers = {k: b.data_ptr() for k, b in pred.copies.buffers.items()}
+    assert {"flow", "flow_dynamic", "mos_prob"} <= set(buffers)
+    assert all(b.is_pinned() for b in pred.copies.buffers.values())
+    allocations = pred.staging.allocations
+    for f in stream[6:]:
+        assert pred.step(f).status == Status.OK
+    assert {k: b.data_ptr() for k, b in pred.copies.buffers.items()} == buffers  # the same buffers every step
+    assert pred.staging.allocations == allocations  # staging slots reused once the ring let go of them
+    assert all(s.host.columns.is_pinned() and s.host.ego_xyz.is_pinned() for s in pred.ring.latest(5))
+    last = stream[-1]
+    big = replace(last, points=np.concatenate([last.points] * 4), labels=None, frame_id="big",
+                  timestamp_ns=last.timestamp_ns + 50_000_000)
+    r = pred.step(big)
+    assert r.status == Status.OK and r.mos.prob.shape == (big.num_points,)
+    assert pred.staging.allocations == allocations + 1  # one larger slot
+    assert pred.copies.buffers["mos_prob"].data_ptr() != buffers["mos_prob"]  # grown
+
+
 def _compare(a, b, atol=1e-3):
     assert [r.frame_id for r in a] == [r.frame_id for r in b]
     for x, y in zip(a, b):

@@ -1,0 +1,285 @@
+"""Host-side transfers of the runtime: reused staging buffers, the bad-frame count, output selection, and the
+compact process-worker wire (frames in shared-memory slots, results in reply buffers), against references."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from perception4d.core import Frame
+from perception4d.core.labels import OCC_FREE
+from perception4d.core.se3 import SE3
+from perception4d.datasets.sample import INPUT_COLUMNS
+from perception4d.errors import ConfigError
+from perception4d.models.heads.occupancy import OccupancyPrediction
+from perception4d.runtime.models import load_model_set
+from perception4d.runtime.parallel import ParallelPredictor
+from perception4d.runtime.policy import count_non_finite, usable_rows
+from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RTOL, HostCopies, OccupancyOutput,
+                                            Predictor, Result, Status, Warmup, check_outputs)
+from perception4d.runtime.sweeps import HostSweep, StagingPool
+from perception4d.runtime.workers import (FrameSlots, PredictorOptions, Reply, ReplyBuffers, ReplyWriter, SlotViews,
+                                          WireArray)
+
+from .helpers import assert_results_equal, small_flow_spec, small_occ_spec, tiny_frames
+
+NO_WARMUP = Warmup(steps=0)
+
+
+def cloud(n: int, seed: int = 0, columns=("x", "y", "z", "intensity", "ring"), extrinsic: SE3 | None = None,
+          frame_id: str = "f") -> Frame:
+    rng = np.random.default_rng(seed)
+    pts = np.c_[rng.uniform(-40, 40, (n, 3)), rng.uniform(0, 1, (n, len(columns) - 3))].astype(np.float32)
+    return Frame(pts, 100_000_000 * (seed + 1), extrinsic=extrinsic or SE3.identity(), columns=columns,
+                 frame_id=frame_id)
+
+
+# -- staging --------------------------------------------------------------------------------------------
+EXTRINSICS = {"identity": SE3.identity(), "translation": SE3(np.eye(3), np.array([0.1, -0.2, 1.85])),
+              "translation -0": SE3(np.eye(3), np.array([-0.0, 0.0, 1.85])),
+              "rotation": SE3.from_yaw(0.7, [1.2, 0.3, 1.7])}
+
+
+@pytest.mark.parametrize("extrinsic", EXTRINSICS.values(), ids=EXTRINSICS.keys())
+def test_staged_sweep_is_bit_identical_to_a_fresh_one_and_the_offline_ego_points(extrinsic):
+    pool = StagingPool()
+    for seed, columns in enumerate([("x", "y", "z", "intensity", "ring"), ("x", "y", "z", "ring", "intensity"),
+                                    ("x", "y", "z")]):
+        for bad in (False, True):  # all finite (a translation skips the product) or not
+            f = cloud(5_000 + 999 * seed, seed, columns, extrinsic)
+            pts = f.points.copy()
+            pts[7, :3] = [-0.0, 0.0, -0.0]
+            pts[8, :3] = [0.0, -0.0, 0.0]
+            if bad:  # a NaN or infinity spreads to the row's other coordinates through the product
+                pts[[3, 10, 11], [0, 1, 2]] = [np.nan, np.inf, -np.inf]
+            f = replace(f, points=pts)
+            with np.errstate(invalid="ignore"):
+                staged, fresh = pool.stage(f, non_finite=3), HostSweep.from_frame(f, non_finite=3)
+                want = f.xyz.copy() if extrinsic is EXTRINSICS["identity"] else f.xyz_in_ego()
+            for got in (staged, fresh):
+                np.testing.assert_array_equal(got.ego_xyz.numpy(), want)
+                np.testing.assert_array_equal(np.signbit(got.ego_xyz.numpy()), np.signbit(want))
+                np.testing.assert_array_equal(got.columns.numpy(), f.select_columns(INPUT_COLUMNS))
+                assert got.non_finite == 3 and got.frame_id == f.frame_id
+    with pytest.raises(KeyError, match="no point column 'ring'"):
+        StagingPool(columns=("x", "y", "z", "ring")).stage(cloud(10, columns=("x", "y", "z", "intensity")))
+
+
+def test_staging_buffers_are_reused_across_frames_and_grow_for_a_larger_one():
+    pool = StagingPool()
+    first = pool.stage(cloud(10_000, 0))
+    ptr = first.columns.data_ptr(), first.ego_xyz.data_ptr()
+    held = pool.stage(cloud(10_000, 1))  # the first is still alive: another slot
+    assert held.columns.data_ptr() not in ptr and pool.allocations == 2
+    del first
+    again = pool.stage(cloud(9_000, 2, frame_id="again"))  # the first one's slot, nothing allocated
+    assert (again.columns.data_ptr(), again.ego_xyz.data_ptr()) == ptr and pool.allocations == 2
+    np.testing.assert_array_equal(held.columns.numpy(), cloud(10_000, 1).select_columns(INPUT_COLUMNS))  # intact
+    np.testing.assert_array_equal(again.columns.numpy(), cloud(9_000, 2).select_columns(INPUT_COLUMNS))
+    del again
+    big = pool.stage(cloud(30_000, 3))  # no free slot fits: a larger one replaces the free one
+    assert pool.allocations == 3 and big.slot.rows >= 30_000 and big.columns.data_ptr() not in ptr
+    rows, big_ptr = big.slot.rows, big.columns.data_ptr()
+    del big
+    small = pool.stage(cloud(1_000, 4))  # the larger buffer serves smaller frames from now on (grow-only)
+    assert small.columns.data_ptr() == big_ptr and small.slot.rows == rows and pool.allocations == 3
+    del small
+    pool.trim()  # after running out of memory: the free buffers are let go of
+    after = pool.stage(cloud(1_000, 5))
+    assert pool.allocations == 4 and after.slot.rows < rows
+
+
+def test_a_predictor_stages_every_step_in_the_same_few_buffers():
+    pred = Predictor(load_model_set(small_flow_spec(channels=(16, 32)), "cpu"), "cpu", warmup=NO_WARMUP)
+    frames = tiny_frames(8, azimuth_deg=8.0)
+    for f in frames:
+        assert pred.step(f).status == Status.OK
+    # the ring holds num_frames sweeps, the step stages one more: nothing allocated beyond that
+    assert pred.staging.allocations <= pred.geometry.num_frames + 1
+    ptrs = {s.host.columns.data_ptr() for s in pred.ring.latest(5)}
+    assert len(ptrs) == 5
+
+
+# -- the bad-frame count --------------------------------------------------------------------------------
+def test_non_finite_count_matches_the_row_test():
+    f = cloud(20_000, 5)
+    cases = {"clean": [], "nan": [(4, 0), (9, 3)], "inf": [(7, 1), (7, 2), (100, 2)], "both": [(1, 0), (2, 1)]}
+    values = {"clean": [], "nan": [np.nan, np.nan], "inf": [np.inf, -np.inf, np.inf], "both": [np.inf, -np.inf]}
+    for name, cells in cases.items():
+        pts = f.points.copy()
+        for (r, c), v in zip(cells, values[name]):
+            pts[r, c] = v
+        pts[50, 4] = np.nan  # not an input column: does not count
+        g = replace(f, points=pts)
+        want = g.num_points - int(usable_rows(g, INPUT_COLUMNS).sum())
+        assert count_non_finite(g, INPUT_COLUMNS) == want, name
+    huge = replace(f, points=np.full((4, 5), 3e38, np.float32))  # the column sums overflow: rows still finite
+    assert count_non_finite(huge, INPUT_COLUMNS) == 0
+    assert count_non_finite(replace(f, points=np.zeros((0, 5), np.float32)), INPUT_COLUMNS) == 0
+
+
+# -- outputs --------------------------------------------------------------------------------------------
+def test_outputs_are_checked_and_name_the_field():
+    assert check_outputs(None) == ("flow", "mos", "occupancy", "occupancy_velocity")
+    assert check_outputs(["occupancy", "flow"]) == ("flow", "occupancy")
+    with pytest.raises(ConfigError, match=r"outputs: unknown \['speed'\]"):
+        check_outputs(("flow", "speed"))
+    with pytest.raises(ConfigError, match="outputs: 'occupancy_velocity' needs 'occupancy'"):
+        check_outputs(("occupancy_velocity",))
+    with pytest.raises(ConfigError, match="velocity_dtype"):
+        PredictorOptions(velocity_dtype="int8")
+
+
+def test_host_copies_on_the_cpu_copy_nothing():
+    copies = HostCopies("cpu")
+    t = torch.arange(6, dtype=torch.float32)
+    view = copies.put("a", t)
+    copies.wait()
+    a = copies.take(view)
+    assert a.ctypes.data == t.data_ptr() and not copies.buffers
+    assert copies.take(view, np.float16).dtype == np.float16
+
+
+@pytest.fixture(scope="module")
+def occ_frames():
+    return tiny_frames(3, azimuth_deg=8.0)
+
+
+@pytest.fixture(scope="module")
+def occ_loaded():
+    return load_model_set(small_occ_spec(channels=(16, 32)), "cpu")
+
+
+def test_selected_outputs_and_fp16_velocities_within_the_documented_tolerance(occ_loaded, occ_frames):
+    full = Predictor(occ_loaded, "cpu", warmup=NO_WARMUP)
+    classes = Predictor(occ_loaded, "cpu", warmup=NO_WARMUP, outputs=("flow", "occupancy"))
+    half = Predictor(occ_loaded, "cpu", warmup=NO_WARMUP, velocity_dtype="float16")
+    for f in occ_frames:
+        a, b, c = full.step(f), classes.step(f), half.step(f)
+        pa, pb, pc = a.occupancy.prediction, b.occupancy.prediction, c.occupancy.prediction
+        np.testing.assert_array_equal(pb.semantics, pa.semantics)
+        np.testing.assert_array_equal(pc.semantics, pa.semantics)
+        assert pb.velocity is None and pc.velocity.dtype == np.float32
+        assert np.array_equal(pc.velocity, pa.velocity.astype(np.float16).astype(np.float32))
+        np.testing.assert_allclose(pc.velocity, pa.velocity, rtol=VELOCITY_FP16_RTOL, atol=VELOCITY_FP16_ATOL)
+        assert np.abs(pa.velocity).max() > 0 and not np.array_equal(pc.velocity, pa.velocity)  # rounding happened
+    mos_only = Predictor(load_model_set(small_flow_spec(channels=(16, 32)), "cpu"), "cpu", warmup=NO_WARMUP,
+                         outputs=("mos",), mos_fusion=True)
+    results = [mos_only.step(f) for f in occ_frames]
+    assert all(r.flow is None and r.mos is not None and r.occupancy is None for r in results)
+    assert results[-1].message == ""  # no note about flow, which was not asked for
+
+
+# -- the process-worker wire ----------------------------------------------------------------------------
+def test_frame_slots_copy_each_frame_once_and_reuse_or_grow_their_buffers():
+    slots, views = FrameSlots(), SlotViews()
+    a = cloud(3_000, 0)
+    ref = slots.put(a.points)
+    ref_sent = replace(ref, buffer=slots.buffers[ref.slot])  # what a worker gets with the slot's first job
+    np.testing.assert_array_equal(views.points(ref_sent), a.points)
+    ptr = slots.buffers[ref.slot].data_ptr()
+    slots.release(ref.slot)
+    b = cloud(2_000, 1)
+    ref_b = slots.put(b.points)  # the same slot and buffer, nothing to send again
+    assert (ref_b.slot, ref_b.generation, slots.buffers[ref_b.slot].data_ptr()) == (ref.slot, 1, ptr)
+    np.testing.assert_array_equal(views.points(ref_b), b.points)
+    other = slots.put(a.points)  # slot 0 is taken: a second slot
+    assert other.slot != ref_b.slot and len(slots) == 2
+    slots.release(ref_b.slot)
+    c = cloud(50_000, 2)
+    ref_c = slots.put(c.points)  # too large for the slot: a new buffer, a new generation
+    assert ref_c.slot == ref.slot and ref_c.generation == 2 and slots.buffers[ref.slot].data_ptr() != ptr
+    with pytest.raises(RuntimeError, match="generation 2 expected"):
+        views.points(ref_c)  # the worker still holds generation 1
+    np.testing.assert_array_equal(views.points(replace(ref_c, buffer=slots.buffers[ref_c.slot])), c.points)
+
+
+def _occupancy_result(sem: np.ndarray, vel: np.ndarray) -> Result:
+    pred = OccupancyPrediction(semantics=sem, velocity=vel, geometry=None)
+    return Result("occ", "f", 1, Status.OK, occupancy=OccupancyOutput("f", 1, pred))
+
+
+def _grid(occupied: float, seed: int = 0, shape=(64, 64, 8)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sem = np.where(rng.uniform(0, 1, shape) < occupied, rng.integers(1, 17, shape), OCC_FREE).astype(np.uint8)
+    vel = (rng.standard_normal((*shape, 3)) * (sem != OCC_FREE)[..., None]).astype(np.float32)  # -0.0 at free
+    return sem, vel
+
+
+def _roundtrip(writer: ReplyWriter, reader: ReplyBuffers, sem, vel, slot: int = 0, seq: int = 0):
+    encoded, buffer = writer.encode([_occupancy_result(sem, vel)], slot=slot)
+    return encoded[0].occupancy.prediction, buffer, reader.decode(Reply("w", seq, encoded, slot, buffer))[0]
+
+
+def test_reply_encoding_is_compact_and_decodes_to_the_dense_results():
+    writer, reader = ReplyWriter(), ReplyBuffers()
+    sem, vel = _grid(0.1)
+    wire, buffer, decoded = _roundtrip(writer, reader, sem, vel)
+    occupied = int((sem != OCC_FREE).sum())
+    assert buffer is not None and isinstance(wire.semantics, WireArray)
+    assert wire.velocity.values.shape == (occupied, 3)  # only the occupied cells' velocities travel
+    assert buffer.numel() < sem.nbytes + vel.nbytes // 4
+    got = decoded.occupancy.prediction
+    np.testing.assert_array_equal(got.semantics, sem)
+    np.testing.assert_array_equal(got.velocity, vel)
+    assert got.velocity.dtype == np.float32 and got.velocity.flags.c_contiguous
+    assert not np.shares_memory(got.semantics, buffer.numpy())
+    # the next frame in the same slot: the same buffer, not sent again; the earlier arrays stay as they were
+    wire2, again, decoded2 = _roundtrip(writer, reader, sem, vel * 2, seq=1)
+    assert again is None
+    np.testing.assert_array_equal(decoded2.occupancy.prediction.velocity, vel * 2)
+    np.testing.assert_array_equal(got.velocity, vel)
+    # mostly occupied: the dense grid travels (cheaper than rows there), still exact; a larger reply grows
+    sem, vel = _grid(0.9, seed=1, shape=(96, 96, 8))
+    wire, grown, decoded = _roundtrip(writer, reader, sem, vel, seq=2)
+    assert isinstance(wire.velocity, WireArray) and wire.velocity.shape == vel.shape
+    assert grown is not None and grown.numel() > buffer.numel()
+    np.testing.assert_array_equal(decoded.occupancy.prediction.velocity, vel)
+    # float16 (values the predictor rounded already): exact both ways, half the bytes
+    for fraction in (0.1, 0.9):
+        sem, vel = _grid(fraction, seed=2)
+        vel = vel.astype(np.float16).astype(np.float32)
+        wire, _, decoded = _roundtrip(ReplyWriter("float16"), ReplyBuffers(), sem, vel, slot=1)
+        v = wire.velocity.values if fraction < 0.5 else wire.velocity
+        assert np.dtype(v.dtype) == np.float16
+        np.testing.assert_array_equal(decoded.occupancy.prediction.velocity, vel)
+        assert decoded.occupancy.prediction.velocity.dtype == np.float32
+
+
+WIRE_OPTIONS = PredictorOptions(warmup=Warmup(steps=1, points=300), mos_fusion=True, velocity_dtype="float16",
+                                outputs=("flow", "mos", "occupancy", "occupancy_velocity"))
+
+
+@pytest.mark.slow
+def test_process_workers_return_the_inline_results_compactly():
+    """Process workers (frames through shared slots, compact replies with fp16 velocities) against inline
+    workers with the same options: identical (the fp16 rounding against fp32: the Predictor test above)."""
+    specs = [small_flow_spec("flowmos", channels=(16, 32)), small_occ_spec("occupancy", channels=(16, 32))]
+    frames = tiny_frames(4, azimuth_deg=4.0)
+    big = replace(frames[3], points=np.concatenate([frames[3].points] * 3), labels=None)  # grows the slots
+    after = replace(frames[0], timestamp_ns=frames[3].timestamp_ns + 50_000_000, frame_id="after")
+    stream = frames[:3] + [big, after]
+    runs = {}
+    for kind in ("inline", "process"):
+        with ParallelPredictor(specs, workers=kind, group="model", options=WIRE_OPTIONS, threads=1) as pp:
+            runs[kind] = [pp.step(f) for f in stream]
+            runs[kind + " fused"] = pp.flush()
+            if kind == "process":  # one frame in flight at a time: one slot, grown once (the large frame)
+                assert pp.frame_slots.generations == [2] and pp._reply_buffers.buffers
+    for a, b in zip(runs["process"], runs["inline"]):
+        assert a.status == b.status == Status.OK
+        for name in a.results:
+            assert_results_equal(a.results[name], b.results[name])
+            assert [f.frame_id for f in a.results[name].mos_fused] == [f.frame_id for f in b.results[name].mos_fused]
+            for x, y in zip(a.results[name].mos_fused, b.results[name].mos_fused):
+                np.testing.assert_array_equal(x.prob, y.prob)
+        if a.mos is not None:
+            np.testing.assert_array_equal(a.mos.in_grid, b.mos.in_grid)
+        if a.flow is not None:
+            np.testing.assert_array_equal(a.flow.prediction.ego_flow, b.flow.prediction.ego_flow)
+            np.testing.assert_array_equal(a.flow.prediction.in_grid, b.flow.prediction.in_grid)
+    assert [f.frame_id for f in runs["process fused"]["flowmos"]] == [f.frame_id for f in
+                                                                      runs["inline fused"]["flowmos"]]
