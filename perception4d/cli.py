@@ -220,12 +220,16 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="fp16 autocast (default: on CUDA only)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of an in-process CPU run")
-    p.add_argument("--ray", action="store_true", help="spread the sequences over Ray workers (a local cluster)")
+    p.add_argument("--backend", choices=["local", "processes", "ray"], default=None,
+                   help="where the work units run: local (this process, the default), processes (one worker "
+                        "process per GPU of this machine, no Ray needed) or ray (a Ray cluster's workers)")
+    p.add_argument("--ray", action="store_true", help="spread the sequences over Ray workers (as --backend ray)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. auto, ray://host:10001)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="Ray workers (default: one per GPU, or CPUs / --cpus-per-worker without GPUs)")
+                   help="processes / Ray workers (default: one per GPU, or CPUs / --cpus-per-worker without GPUs)")
     p.add_argument("--cpus-per-worker", type=_positive_int, default=None,
-                   help="CPUs and torch threads of a Ray worker (default: 1 on CPU workers, min(8, CPUs / GPUs))")
+                   help="CPUs and torch threads of a processes / Ray worker (default: 1 on CPU workers, "
+                        "min(8, CPUs / GPUs))")
     p.add_argument("--retries", type=int, default=2, help="re-runs of a work unit whose worker died")
     p.add_argument("--segment-frames", type=int, default=400, help="frames per work unit (0: whole sequences)")
     p.add_argument("--chunk-frames", type=_positive_int, default=16,
@@ -236,21 +240,31 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 
 @command("score", _score_args)
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score a model over whole datasets: per-frame outputs, metrics and a report; resumable, optionally on Ray.
+    """Score a model over whole datasets: per-frame outputs, metrics and a report; resumable, on several GPUs.
+
+    ``--backend processes`` spreads the work over one process per GPU of this machine, ``--backend ray``
+    (``--ray``) over a Ray cluster.
 
     Exit status 0 when every frame is finished (corrupt inputs are recorded as failed in the report),
     1 when work remains (a unit failed, e.g. its worker died too often: rerun the same command to resume)
     or when no sequence could be opened.
     """
     from perception4d.datasets.sample import DEFAULT_MAX_GAP_S
+    from perception4d.errors import ConfigError
     from perception4d.scoring import Execution, ScoreSettings, score
+
+    ray = args.ray or args.ray_address is not None
+    if ray and args.backend not in (None, "ray"):
+        raise ConfigError(f"--backend {args.backend} does not go with --ray / --ray-address (those mean --backend "
+                          f"ray)")
+    backend = args.backend or ("ray" if ray else "local")
 
     settings = ScoreSettings(config=args.config, checkpoint=args.checkpoint, data=args.data, out=args.out,
                              format=args.format, tasks=tuple(args.tasks.split(",")) if args.tasks else None,
                              mos_output=args.mos_output, refine=args.refine, occupancy_gt=args.occupancy_gt,
                              max_gap_s=DEFAULT_MAX_GAP_S if args.max_gap_s is None else args.max_gap_s,
                              amp=args.amp)
-    execution = Execution(backend="ray" if (args.ray or args.ray_address) else "local", device=args.device,
+    execution = Execution(backend=backend, device=args.device,
                           threads=args.threads,
                           ray_address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                           retries=args.retries, segment_frames=args.segment_frames, chunk_frames=args.chunk_frames,

@@ -778,8 +778,11 @@ def bench_ros_replay(args: argparse.Namespace) -> None:
 
 # -- batch scoring on Ray ----------------------------------------------------------------------------
 def _configure_score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", default="1,2", help="comma list of Ray worker counts (one GPU each when the "
-                                                    "machine has GPUs, else CPU workers)")
+    p.add_argument("--workers", default="1,2", help="comma list of worker counts (one GPU each when the machine "
+                                                    "has GPUs, else CPU workers)")
+    p.add_argument("--backend", choices=("ray", "processes"), default=None,
+                   help="ray: Ray actors (a local cluster); processes: worker processes of this machine, no Ray "
+                        "(default: ray when it is installed, else processes)")
     p.add_argument("--task", choices=("flow", "mos"), default="flow", help="which shipped checkpoint scores")
     p.add_argument("--config", help="model config (default: the task's shipped checkpoint's)")
     p.add_argument("--checkpoint", help="weights (default: the task's shipped checkpoint)")
@@ -795,25 +798,32 @@ def _configure_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="keep the runs' outputs here (default: a temporary folder, removed)")
 
 
-@command("score", "batch scoring on Ray: frames/s with 1, 2 (4) workers and the parallel efficiency",
-         _configure_score)
+@command("score", "batch scoring (Ray or worker processes): frames/s with 1, 2 (4) workers and the parallel "
+                  "efficiency", _configure_score)
 def bench_score(args: argparse.Namespace) -> None:
     """The same dataset scored with each worker count into a fresh folder; efficiency = fps_n / (n * fps_1)."""
+    import contextlib
+    import importlib.util
     import json
     import shutil
     import tempfile
-
-    import ray
 
     from perception4d.inference import DEFAULT_FLOW, DEFAULT_MOS
     from perception4d.scoring import Execution, ScoreSettings, score
     from perception4d.sim import get_preset, simulate, write_av2, write_semantickitti
 
     counts = [int(n) for n in args.workers.split(",")]
-    ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        res = ray.cluster_resources()
-        gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    backend = args.backend or ("ray" if importlib.util.find_spec("ray") else "processes")
+    with contextlib.ExitStack() as stack:
+        if backend == "ray":
+            import ray
+
+            ray.init(include_dashboard=False, log_to_driver=False)
+            stack.callback(ray.shutdown)
+            res = ray.cluster_resources()
+            gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+        else:  # what the processes backend sees (perception4d.scoring.backends.ProcessBackend)
+            gpus, cpus = torch.cuda.device_count(), len(os.sched_getaffinity(0))
         if gpus and max(counts) > gpus:
             print(f"(worker counts above the {gpus} GPUs are left out: {[n for n in counts if n > gpus]})")
             counts = [n for n in counts if n <= gpus]
@@ -841,7 +851,7 @@ def bench_score(args: argparse.Namespace) -> None:
             out = root / f"workers_{n}"
             shutil.rmtree(out, ignore_errors=True)
             run = score(ScoreSettings(config, checkpoint, data, str(out)),
-                        Execution(backend="ray", workers=n, cpus_per_worker=per_worker,
+                        Execution(backend=backend, workers=n, cpus_per_worker=per_worker,
                                   segment_frames=args.segment_frames, chunk_frames=args.chunk_frames,
                                   progress=False))
             runs.append(run)
@@ -852,7 +862,7 @@ def bench_score(args: argparse.Namespace) -> None:
                          f"{st.frames_per_s:.2f}", f"{st.frames_per_s / first.frames_per_s:.2f}x",
                          f"{st.frames_per_s / (n * per_worker_fps):.2f}"])
         same = all(json.dumps(r.report["metrics"]) == json.dumps(runs[0].report["metrics"]) for r in runs)
-        print(f"## batch scoring on Ray: {args.task}, {runs[0].report['frames']['total']} frames in "
+        print(f"## batch scoring, {backend} backend: {args.task}, {runs[0].report['frames']['total']} frames in "
               f"{len(runs[0].sequences)} sequences, {per_worker} CPU(s) per worker")
         print(environment_line(torch.device("cuda" if gpus else "cpu")))
         print(runs[0].report["model"])
@@ -865,8 +875,6 @@ def bench_score(args: argparse.Namespace) -> None:
               f"worker(s) per worker), target >= 0.9; metrics identical across runs: {'yes' if same else 'NO'}")
         if not args.out:
             shutil.rmtree(root, ignore_errors=True)
-    finally:
-        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Offline batch scoring: the runtime predictor over whole datasets, resumable, in-process or on Ray.
+"""Offline batch scoring: the runtime predictor over whole datasets, resumable, in-process, in worker processes, on Ray.
 
 ``score(ScoreSettings(...), Execution(...))`` writes every frame's outputs in
 the offline drivers' formats, a manifest of finished frames (a rerun resumes),

@@ -1,4 +1,4 @@
-"""``score()``: the predictor over whole datasets, resumable, in this process or on Ray.
+"""``score()``: the predictor over whole datasets, resumable, in this process, in worker processes or on Ray.
 
 One run:
 
@@ -9,7 +9,8 @@ One run:
 3. find the sequences; open each (a sequence that cannot be opened, or whose timestamps do
    not increase, is reported failed with the reader's message and the rest goes on);
 4. cut them into work units, drop the frames the journals already hold, and run the units on
-   the backend; every chunk's records are appended to the journals as they arrive;
+   the backend (``perception4d.scoring.backends`` says which to use when); every chunk's records
+   are appended to the journals as they arrive;
 5. write what needs a complete sequence (occupancy.json), then the report: metrics per
    sequence and overall through the metrics' own API, error profiles, failures.
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perception4d.errors import ConfigError, Perception4DError
-from perception4d.scoring.backends import BackendRun, LocalBackend, RayBackend, UnitFailure
+from perception4d.scoring.backends import BackendRun, LocalBackend, ProcessBackend, RayBackend, UnitFailure
 from perception4d.scoring.manifest import MANIFEST_VERSION, FrameRecord, RunFolder, RunHeader, file_sha256
 from perception4d.scoring.settings import (Execution, ScoreSettings, SequenceSource, WorkUnit, discover_sources,
                                            open_source, split_units)
@@ -256,6 +257,8 @@ def _backend(spec: WorkerSpec, execution: Execution):
     """The backend and its shutdown (a Ray cluster started here is shut down again)."""
     if execution.backend == "local":
         return LocalBackend(spec, execution), lambda: None
+    if execution.backend == "processes":
+        return ProcessBackend(spec, execution), lambda: None  # its workers end with its run
     try:
         import ray
     except ImportError:

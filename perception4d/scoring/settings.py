@@ -26,7 +26,7 @@ from perception4d.errors import ConfigError, DataFormatError
 
 TASKS = ("flow", "mos", "occupancy")
 MOS_OUTPUTS = ("fused", "online")
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "processes", "ray")
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,21 @@ class ScoreSettings:
 class Execution:
     """How the work is spread; free to change between a run and its resumption."""
 
-    backend: str = "local"  # local: in this process; ray: one actor per GPU (CPU actors without GPUs)
+    backend: str = "local"  # local: in this process; processes: one worker process per GPU of this machine;
+    #                         ray: one actor per GPU of a Ray cluster (both: CPU workers without GPUs)
     device: str | None = None  # local backend: the device (None: cuda if available, else cpu)
     threads: int | None = None  # local backend: torch threads (None: torch's default)
     ray_address: str | None = None  # None: the already initialised Ray, else a new local cluster
-    workers: int | None = None  # ray: actors (None: one per GPU of the cluster, else CPUs // cpus_per_worker)
-    cpus_per_worker: int | None = None  # ray: CPUs (and torch threads) of each actor; None: 1 for CPU actors,
-    #                                     min(8, CPUs / GPUs) for GPU actors (reading, metrics, writing)
-    gpus_per_worker: float | None = None  # ray: None: 1 when the cluster has GPUs, else 0 (CPU actors)
+    workers: int | None = None  # processes / ray: workers (None: one per GPU, else CPUs // cpus_per_worker)
+    cpus_per_worker: int | None = None  # processes / ray: CPUs (and torch threads) of each worker; None: 1 for
+    #                                     CPU workers, min(8, CPUs / GPUs) for GPU workers (reading, metrics, writing)
+    gpus_per_worker: float | None = None  # processes / ray: None: 1 when there are GPUs, else 0 (CPU workers);
+    #                                       processes: at most 1 (0.5: two worker processes share a GPU)
     retries: int = 2  # a unit whose worker died is re-run this many times before it is reported failed
     segment_frames: int = 400  # frames per work unit (0: whole sequences)
     chunk_frames: int = 16  # frames a worker scores between two reports to the driver
-    worker_start_timeout_s: float = 900.0  # ray: actors not placed by then (no free GPU) are an error
+    worker_start_timeout_s: float = 900.0  # processes / ray: workers not ready by then (ray: no free GPU) are an
+    #                                        error
     progress: bool = True  # a progress bar (tqdm) on stderr
     restart: bool = False  # forget an earlier run in ``out`` (its manifest and outputs) instead of resuming it
 
@@ -87,11 +90,13 @@ class Execution:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers is not None and int(self.workers) < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker is not None and float(self.gpus_per_worker) < 0:
+            raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
 
 
 @dataclass(frozen=True)
 class SequenceSource:
-    """One sequence of the dataset, as a worker opens it (plain data: it travels to Ray actors)."""
+    """One sequence of the dataset, as a worker opens it (plain data: it travels to worker processes)."""
 
     key: str  # unique, file-name safe: the manifest journal's name and the report's row
     path: str  # the folder ``open_dataset`` opens for it

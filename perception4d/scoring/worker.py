@@ -1,7 +1,8 @@
 """A scoring worker: one model on one device, scoring work units a chunk at a time.
 
-The same class runs in the driver's process (local backend) and inside a Ray
-actor (``perception4d.scoring.ray_backend``). It builds one ``Predictor``
+The same class runs in the driver's process (local backend), in a worker
+process (processes backend) and inside a Ray actor (ray backend); see
+``perception4d.scoring.backends``. It builds one ``Predictor``
 (model loaded, fused on CUDA, warmed up) and gives every work unit a fresh
 stream over the same loaded network, so nothing of one unit's window leaks
 into the next.
@@ -24,7 +25,7 @@ log = logging.getLogger("perception4d.scoring")
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Plain data: a Ray actor builds the same worker from it."""
+    """Plain data: a worker process or a Ray actor builds the same worker from it."""
 
     name: str
     settings: ScoreSettings

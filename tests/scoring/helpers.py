@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,21 @@ def report_metrics(out: Path) -> dict:
     return {"metrics": r["metrics"], "profiles": r["profiles"],
             "sequences": [{k: s[k] for k in ("key", "frames", "counts", "metrics", "not_written")}
                           for s in r["sequences"]]}
+
+
+def killer(after_frames: int, times: int = 1):
+    """A ``score`` observer that SIGKILLs the worker that reported a chunk once ``after_frames`` frames are finished."""
+    killed = []
+
+    def observe(event):
+        if event.kind == "chunk" and event.frames_done >= after_frames and len(killed) < times:
+            os.kill(event.worker.pid, signal.SIGKILL)
+            killed.append(event.worker.pid)
+
+    observe.killed = killed
+    return observe
+
+
+def journal_lines(out: Path) -> int:
+    """Lines in the run's manifest journals (one per finished frame)."""
+    return sum(p.read_bytes().count(b"\n") for p in (Path(out) / "manifest" / "sequences").glob("*.jsonl"))

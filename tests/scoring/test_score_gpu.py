@@ -1,4 +1,4 @@
-"""Scoring on CUDA (skipped without a GPU): the CPU run's files up to rounding; Ray GPU workers (2 GPUs)."""
+"""Scoring on CUDA (skipped without a GPU): the CPU run's files up to rounding; Ray and process GPU workers (2 GPUs)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,17 @@ def test_two_ray_gpu_workers_match_one(sim_root, tmp_path):
     assert one.complete and two.complete
     assert len({w.device for w in two.stats.workers}) == 2  # one GPU each
     assert_close_flow_files(tmp_path / "two" / "flow", tmp_path / "one" / "flow")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_process_gpu_workers_match_one(sim_root, tmp_path):
+    settings = ScoreSettings(FLOW_CONFIG, str(DEFAULT_FLOW), str(sim_root / "av2"), str(tmp_path / "one"))
+    one = score(settings, replace(QUIET, backend="processes", workers=1, segment_frames=3))
+    two = score(replace(settings, out=str(tmp_path / "two")),
+                replace(QUIET, backend="processes", workers=2, segment_frames=3))
+    assert one.complete and two.complete
+    devices = {w.device for w in two.stats.workers}
+    assert len(devices) == 2 and all(d.startswith("cuda (GPU ") for d in devices), devices  # one GPU each
+    assert_close_flow_files(tmp_path / "two" / "flow", tmp_path / "one" / "flow")
+    assert two.report["metrics"]["flow"]["av2/EPE 3-Way Average"] == pytest.approx(
+        one.report["metrics"]["flow"]["av2/EPE 3-Way Average"], abs=0.01)

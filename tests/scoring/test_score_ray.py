@@ -5,8 +5,6 @@ The workers are killed for real (SIGKILL to the actor's process) while they scor
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import replace
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from perception4d.inference import DEFAULT_FLOW
 from perception4d.scoring import ScoreSettings, score
 
-from .helpers import FLOW_CONFIG, QUIET, assert_same_files, report_metrics
+from .helpers import FLOW_CONFIG, QUIET, assert_same_files, killer, report_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +23,6 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-def killer(after_frames: int, times: int = 1):
-    """An observer that SIGKILLs the worker that reported a chunk once ``after_frames`` frames are finished."""
-    killed = []
-
-    def observe(event):
-        if event.kind == "chunk" and event.frames_done >= after_frames and len(killed) < times:
-            os.kill(event.worker.pid, signal.SIGKILL)
-            killed.append(event.worker.pid)
-
-    observe.killed = killed
-    return observe
 
 
 def test_two_workers_give_the_single_process_outputs_and_a_killed_worker_is_retried(ray_cluster, flow_run,
