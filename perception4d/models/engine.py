@@ -221,7 +221,10 @@ class _Capture:
                 run()
         prev.wait_stream(side)
         try:
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            # an explicit capture stream on this device: torch's default capture stream is created once, on
+            # whichever device captured first, and a capture on another device through it fails
+            capture = torch.cuda.Stream(device)
+            with torch.cuda.graph(self.graph, stream=capture, capture_error_mode="thread_local"):
                 self.out, counts, overflow = run()
                 self.status = torch.cat([overflow.view(1).to(torch.int64), counts])  # read back in one copy
         finally:

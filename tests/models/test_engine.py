@@ -149,3 +149,18 @@ def test_cuda_graph_capacities_shrink_after_a_run_of_small_frames():
             torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     assert runner.captures_made == 2
     assert next(iter(runner._captures.values())).capacities[0] < first[0] / 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_graphs_on_two_devices_of_one_process():
+    fused = fuse_backbone(_random_backbone())
+    shape = (64, 64, 8, 3)
+    for dev in ("cuda:0", "cuda:1", "cuda:0"):
+        engine = GatherUNet(fused).to(dev)
+        runner = GraphedUNet(engine, quantum=1024)
+        x = _input(0, 6000, shape, batch=1, device=dev)
+        with torch.no_grad():
+            out = runner(x.features, x.indices, shape, 1)
+            eager = engine.execute(x.features, engine.plan(x.indices, shape, 1))
+        assert runner.disabled_reason is None, runner.disabled_reason
+        torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
