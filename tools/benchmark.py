@@ -1,11 +1,12 @@
 """Benchmarks of perception4d stages, printed as Markdown tables.
 
     python tools/benchmark.py voxelize [--device cpu|cuda] [--points 100000] [--frames 5] [--repeats 20]
-    python tools/benchmark.py flow|mos [--device cpu|cuda] [--precision fp32,fp16,amp] [--repeats 30]
+    python tools/benchmark.py flow|mos|occupancy [--device cpu|cuda] [--precision fp16,fp16+fused,fp16+engine]
+    python tools/benchmark.py stream [--device cuda] [--networks flow,mos,occupancy] [--frames 200]
     python tools/benchmark.py backbones [--device cpu|cuda] [--tasks flow,mos] [--time-modes window,axis]
     python tools/benchmark.py parallel [--runtime-config configs/runtime/X.py] [--devices cuda:0,cuda:1] [--frames 200]
     python tools/benchmark.py ros-replay [--device cuda:0] [--rate 2] [--frames 200] [--max-gap-s 0.25]
-    python tools/benchmark.py score [--workers 1,2,4] [--task flow|mos] [--sequences 8] [--frames 50] [--data PATH]
+    python tools/benchmark.py score [--backend ray|processes] [--workers 1,2,4] [--task flow|mos] [--data PATH]
 
 Each subcommand is a function registered in ``COMMANDS``; the helpers below
 (timing, peak memory, environment line, table) are shared by all of them.
@@ -776,7 +777,7 @@ def bench_ros_replay(args: argparse.Namespace) -> None:
           "over the steps that ran the network (not the first sweep of a window).")
 
 
-# -- batch scoring on Ray ----------------------------------------------------------------------------
+# -- batch scoring (Ray or one process per GPU) ---------------------------------------------------------
 def _configure_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="1,2", help="comma list of worker counts (one GPU each when the machine "
                                                     "has GPUs, else CPU workers)")
