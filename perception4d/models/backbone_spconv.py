@@ -87,8 +87,23 @@ class Up(nn.Module):
         return x.replace_feature(torch.relu(self.bn_fuse(self.fuse(torch.cat([up, skip.features], 1)))))
 
 
+class UNetLevels:
+    """Shape facts of a U-Net with widths ``self.channels`` per level (shared by its executors)."""
+
+    channels: tuple[int, ...]
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[0]
+
+    @property
+    def min_grid_cells(self) -> int:
+        """Cells every spatial axis of the grid needs: one at the coarsest level (stride 2 per level)."""
+        return 2 ** (len(self.channels) - 1)
+
+
 @MODELS.register_module()
-class SparseUNet4D(nn.Module):
+class SparseUNet4D(UNetLevels, nn.Module):
     """4D sparse U-Net; ``channels[l]`` is the width at level l (level 0 = input resolution)."""
 
     def __init__(self, in_channels: int = 16, channels: Sequence[int] = (16, 32, 64, 64),
@@ -105,15 +120,6 @@ class SparseUNet4D(nn.Module):
         self.down = nn.ModuleList(Down(channels[lvl], channels[lvl + 1], lvl) for lvl in range(len(channels) - 1))
         self.up = nn.ModuleList(Up(channels[lvl + 1], channels[lvl], lvl) for lvl in range(len(channels) - 1))
         self.dec = nn.ModuleList(STDBlock(channels[lvl], lvl) for lvl in range(len(channels) - 1))
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels[0]
-
-    @property
-    def min_grid_cells(self) -> int:
-        """Cells every spatial axis of the grid needs: one at the coarsest level (stride 2 per level)."""
-        return 2 ** (len(self.channels) - 1)
 
     def forward(self, x):
         """x: a SparseConvTensor with ``in_channels`` features; returns one with ``out_channels`` on the same voxels."""

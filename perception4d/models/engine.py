@@ -32,6 +32,7 @@ import threading
 import torch
 from torch import nn
 
+from perception4d.models.backbone_spconv import UNetLevels
 from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
@@ -116,7 +117,7 @@ class _Up(nn.Module):
         return _with_sentinel(self.fuse(torch.cat([x, skip[:-1]], 1)))
 
 
-class GatherUNet(nn.Module):
+class GatherUNet(UNetLevels, nn.Module):
     """The fused ``SparseUNet4D`` executed as gathers and GEMMs over a per-frame neighbour plan.
 
     ``forward`` takes and returns spconv tensors like the network it replaces (only ``features``,
@@ -138,14 +139,6 @@ class GatherUNet(nn.Module):
         self.dec = nn.ModuleList(_Block(b) for b in fused.dec)
         self.cuda_graphs = cuda_graphs
         self._graphs: dict = {}  # device -> GraphedUNet
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels[0]
-
-    @property
-    def min_grid_cells(self) -> int:
-        return 2 ** (len(self.channels) - 1)
 
     def plan(self, coords: torch.Tensor, spatial_shape, batch_size: int, count=None, capacities=None) -> UNetPlan:
         """Neighbour tables of every level (see ``build_unet_plan`` for ``count`` / ``capacities``)."""

@@ -102,3 +102,21 @@ def killer(after_frames: int, times: int = 1):
 def journal_lines(out: Path) -> int:
     """Lines in the run's manifest journals (one per finished frame)."""
     return sum(p.read_bytes().count(b"\n") for p in (Path(out) / "manifest" / "sequences").glob("*.jsonl"))
+
+
+def score_with_a_killed_worker(backend: str, sim_root: Path, out: Path, reference: Path):
+    """Flow scoring on 2 ``backend`` workers with one SIGKILLed mid-run: retried, outputs and metrics as
+    ``reference`` (the in-process run). Returns the run and the killer."""
+    from dataclasses import replace
+
+    from perception4d.scoring import ScoreSettings, score
+
+    observe = killer(after_frames=2)
+    run = score(ScoreSettings(FLOW_CONFIG, str(DEFAULT_FLOW), str(sim_root / "av2"), str(out)),
+                replace(QUIET, backend=backend, workers=2, segment_frames=3, chunk_frames=1, retries=1), observe)
+    assert len(observe.killed) == 1 and run.stats.crashes == 1
+    assert run.complete and not run.failures
+    assert len({w.pid for w in run.stats.workers}) == 3  # two at the start, one replacing the killed one
+    assert assert_same_files(out / "flow", reference / "flow") == 8
+    assert report_metrics(out) == report_metrics(reference)
+    return run, observe

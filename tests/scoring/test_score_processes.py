@@ -22,7 +22,7 @@ from perception4d.scoring.backends import ProcessBackend, WorkerPlan, plan_worke
 from perception4d.scoring.settings import discover_sources, split_units
 from perception4d.scoring.worker import WorkerSpec
 
-from .helpers import FLOW_CONFIG, QUIET, assert_same_files, killer, report_metrics
+from .helpers import FLOW_CONFIG, QUIET, assert_same_files, killer, report_metrics, score_with_a_killed_worker
 
 
 def spawned_workers() -> list[int]:
@@ -70,18 +70,9 @@ def test_a_worker_not_ready_in_time_is_an_error_and_is_stopped(sim_root, tmp_pat
 
 @pytest.mark.slow
 def test_two_workers_give_the_single_process_outputs_and_a_killed_worker_is_retried(flow_run, sim_root, tmp_path):
-    _, reference = flow_run
-    out = tmp_path / "processes"
-    observe = killer(after_frames=2)
-    run = score(ScoreSettings(FLOW_CONFIG, str(DEFAULT_FLOW), str(sim_root / "av2"), str(out)),
-                replace(QUIET, backend="processes", workers=2, segment_frames=3, chunk_frames=1, retries=1), observe)
-    assert len(observe.killed) == 1 and run.stats.crashes == 1
-    assert run.complete and not run.failures
-    assert len({w.pid for w in run.stats.workers}) == 3  # two at the start, one replacing the killed one
+    run, observe = score_with_a_killed_worker("processes", sim_root, tmp_path / "processes", flow_run[1])
     assert observe.killed[0] in {w.pid for w in run.stats.workers}
     assert run.report["run"]["backend"] == "processes"
-    assert assert_same_files(out / "flow", reference / "flow") == 8
-    assert report_metrics(out) == report_metrics(reference)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from perception4d.inference import DEFAULT_FLOW
 from perception4d.scoring import ScoreSettings, score
 
-from .helpers import FLOW_CONFIG, QUIET, assert_same_files, killer, report_metrics
+from .helpers import FLOW_CONFIG, QUIET, assert_same_files, killer, report_metrics, score_with_a_killed_worker
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,7 @@ def ray_cluster():
 
 def test_two_workers_give_the_single_process_outputs_and_a_killed_worker_is_retried(ray_cluster, flow_run,
                                                                                     sim_root, tmp_path):
-    _, reference = flow_run
-    out = tmp_path / "ray"
-    observe = killer(after_frames=2)
-    run = score(ScoreSettings(FLOW_CONFIG, str(DEFAULT_FLOW), str(sim_root / "av2"), str(out)),
-                replace(QUIET, backend="ray", workers=2, segment_frames=3, chunk_frames=1, retries=1), observe)
-    assert len(observe.killed) == 1 and run.stats.crashes == 1
-    assert run.complete and not run.failures
-    assert len({w.pid for w in run.stats.workers}) == 3  # two at the start, one replacing the killed one
-    assert assert_same_files(out / "flow", reference / "flow") == 8
-    assert report_metrics(out) == report_metrics(reference)
+    score_with_a_killed_worker("ray", sim_root, tmp_path / "ray", flow_run[1])
 
 
 def test_a_worker_that_keeps_dying_is_reported_and_the_rerun_completes(ray_cluster, flow_run, sim_root, tmp_path):
