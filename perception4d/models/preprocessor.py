@@ -6,6 +6,7 @@ through ``WindowBatcher`` so the network always sees identically prepared input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from perception4d.core.sparse import SparseTensor4D
 from perception4d.core.voxelize import HostStaging, pack_windows, voxelize
 from perception4d.datasets.sample import WindowSample
 from perception4d.registry import MODELS
+from perception4d.utils.timing import NullTimer
 
 
 @dataclass
@@ -81,11 +83,64 @@ class BatchedWindows:
         return self.sparse.point_to_voxel[self.source_rows] >= 0
 
 
+def assemble_batch(samples: Sequence[WindowSample], points: torch.Tensor, time: torch.Tensor,
+                   batch: torch.Tensor | None, offsets: np.ndarray, source_xyz: torch.Tensor, geometry: Geometry,
+                   timer=None) -> BatchedWindows:
+    """The network input of ``samples`` from their points already on the device (the device-side half of both
+    ``WindowBatcher`` and the streaming ``SweepRing.assemble``).
+
+    ``points`` (P, C) float32 (x, y, z first), ``time`` (P,) int32 and ``batch`` (P,) int32 (the window index;
+    None for a single window) hold every window's aligned points, window ``b`` at rows
+    ``offsets[b]:offsets[b + 1]``. ``source_xyz`` (Ns, 3) float32 on the same device: the source sweeps' points
+    in their own ego frames, sample by sample. Builds the source rows and their sample index, the ego-motion
+    flow (aligned minus own-frame position, float32), the per-point ``dt`` and the voxelization; targets, MOS
+    labels and occupancy are left unset. ``timer`` (``stage(name)``) times the ``voxelize`` stage.
+    """
+    timer = timer or NullTimer()
+    nb = len(samples)
+    if nb == 0:
+        raise ValueError("assemble_batch: samples must hold at least one WindowSample")
+    device = points.device
+    offsets = np.asarray(offsets, np.int64)
+    if offsets.shape != (nb + 1,) or offsets[0] != 0 or offsets[-1] != points.shape[0]:
+        raise ValueError(f"assemble_batch: offsets must be {nb + 1} row offsets from 0 to the {points.shape[0]} "
+                         f"points, got {offsets.tolist()}")
+    if batch is None and nb != 1:
+        raise ValueError(f"assemble_batch: batch (the window index of every point) is required for {nb} samples")
+    counts, shifts = [], []  # per sample: source rows, and global row = shift + position among all source rows
+    for b, s in enumerate(samples):
+        size = int(offsets[b + 1] - offsets[b])
+        if int(s.aligned.offsets[-1]) != size:
+            raise ValueError(f"assemble_batch: sample {b} ({s.meta.frame_id}) has {int(s.aligned.offsets[-1])} "
+                             f"points but offsets give it {size} rows")
+        sl = s.source_slice
+        shifts.append(int(offsets[b]) + sl.start - sum(counts))
+        counts.append(sl.stop - sl.start)
+    ns = sum(counts)
+    if tuple(source_xyz.shape) != (ns, 3) or source_xyz.dtype != torch.float32 or source_xyz.device != device:
+        raise ValueError(f"assemble_batch: source_xyz must be ({ns}, 3) float32 on {device} (the samples' source "
+                         f"points), got {tuple(source_xyz.shape)} {source_xyz.dtype} on {source_xyz.device}")
+    with timer.stage("voxelize"):
+        sparse = voxelize(points, time, geometry, batch=batch, batch_size=nb)
+
+    def upload(values: list, dtype: torch.dtype) -> torch.Tensor:  # a few numbers: no stream synchronisation
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+    source_batch = torch.repeat_interleave(torch.arange(nb, device=device), upload(counts, torch.int64),
+                                           output_size=ns)
+    source_rows = torch.arange(ns, dtype=torch.int64, device=device) + upload(shifts, torch.int64)[source_batch]
+    ego_flow = points[:, :3].index_select(0, source_rows) - source_xyz
+    dt = upload([s.meta.dt for s in samples], torch.float32)[source_batch]
+    return BatchedWindows(sparse=sparse, points=points, time=time, source_rows=source_rows,
+                          source_batch=source_batch, ego_flow=ego_flow, dt=dt, source_counts=counts,
+                          samples=list(samples))
+
+
 class WindowBatcher:
     """Host -> device batching and voxelization of WindowSamples (no learnable state).
 
     One pinned staging buffer per batcher: the points go to the device in one
-    asynchronous copy, time/batch indices in another.
+    asynchronous copy, time/batch indices in another; ``assemble_batch`` does the rest on the device.
     """
 
     def __init__(self, geometry: Geometry):
@@ -102,30 +157,21 @@ class WindowBatcher:
         if not samples:
             raise ValueError("WindowBatcher needs at least one sample")
         packed = pack_windows([s.aligned for s in samples], self.geometry, device, staging=self._stage(device))
-        counts = [s.source_slice.stop - s.source_slice.start for s in samples]
-        rows = np.concatenate([np.arange(s.source_slice.start, s.source_slice.stop, dtype=np.int64) + off
-                               for s, off in zip(samples, packed.offsets[:-1])])
-        sparse = voxelize(packed.points, packed.time, self.geometry, batch=packed.batch, batch_size=len(samples))
 
         def dev(arrays, dtype):
             return torch.from_numpy(np.concatenate(arrays)).to(device=device, dtype=dtype, non_blocking=True)
 
-        source_batch = torch.repeat_interleave(torch.arange(len(samples), device=device),
-                                               torch.tensor(counts, device=device))
-        dt = torch.tensor([s.meta.dt for s in samples], dtype=torch.float32, device=device)[source_batch]
-        targets = None
+        source_xyz = dev([np.asarray(s.source_xyz, np.float32) for s in samples], torch.float32)
+        out = assemble_batch(samples, packed.points, packed.time, packed.batch, packed.offsets, source_xyz,
+                             self.geometry)
         if all(s.targets is not None for s in samples):
-            targets = TargetTensors(flow=dev([s.targets.flow for s in samples], torch.float32),
-                                    valid=dev([s.targets.valid for s in samples], torch.bool),
-                                    dynamic=dev([s.targets.dynamic for s in samples], torch.bool))
-        mos = None
+            out.targets = TargetTensors(flow=dev([s.targets.flow for s in samples], torch.float32),
+                                        valid=dev([s.targets.valid for s in samples], torch.bool),
+                                        dynamic=dev([s.targets.dynamic for s in samples], torch.bool))
         if all(s.mos_labels is not None for s in samples):
-            mos = dev([s.mos_labels for s in samples], torch.uint8)
-        return BatchedWindows(sparse=sparse, points=packed.points, time=packed.time,
-                              source_rows=dev([rows], torch.int64), source_batch=source_batch,
-                              ego_flow=dev([s.ego_flow for s in samples], torch.float32), dt=dt,
-                              source_counts=counts, samples=list(samples), targets=targets, mos_labels=mos,
-                              occupancy=occupancy_targets(samples, device))
+            out.mos_labels = dev([s.mos_labels for s in samples], torch.uint8)
+        out.occupancy = occupancy_targets(samples, device)
+        return out
 
 
 @MODELS.register_module()

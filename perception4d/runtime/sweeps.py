@@ -25,7 +25,8 @@ sweep and it moves with the ego:
   numpy's BLAS, so about one coordinate in 10^4 differs by one float32 ulp); on
   the CPU numpy's ``SE3.transform_points`` itself, bit-identical to the
   offline tools;
-* time indices, the voxelization, and everything after it.
+* time indices; then ``assemble_batch`` (shared with ``WindowBatcher``): the voxelization, the source rows,
+  ego-motion flow and ``dt``.
 
 The result is the ``BatchedWindows`` that ``WindowBatcher`` would build from
 ``build_window_sample`` of the same frames, field by field (tested).
@@ -44,11 +45,10 @@ import torch
 from perception4d.core.frame import Frame
 from perception4d.core.geometry import Geometry
 from perception4d.core.se3 import SE3
-from perception4d.core.voxelize import voxelize
 from perception4d.core.window import AlignedWindow
 from perception4d.datasets.sample import INPUT_COLUMNS, SampleMeta, WindowSample, sensor_origin
 from perception4d.errors import ConfigError
-from perception4d.models.preprocessor import BatchedWindows
+from perception4d.models.preprocessor import BatchedWindows, assemble_batch
 from perception4d.utils.timing import NullTimer
 
 
@@ -388,11 +388,7 @@ class SweepRing:
             shift = geometry.num_frames - n  # right-aligned: the reference always has time index num_frames - 1
             time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32).to(dev),
                                            torch.tensor(sizes, dtype=torch.int64).to(dev), output_size=total)
-        with timer.stage("voxelize"):  # one window: no batch index to build, upload or range-check
-            sparse = voxelize(points, time, geometry, batch_size=1)
-
         src = n - 2 if (flow_layout and n >= 2) else n - 1
-        s_lo, s_hi = int(offsets[src]), int(offsets[src + 1])
         source = sweeps[src]
         meta = SampleMeta(sequence_id=sequence_id, frame_id=source.frame_id, timestamp_ns=source.timestamp_ns,
                           next_timestamp_ns=ref.timestamp_ns)
@@ -400,12 +396,6 @@ class SweepRing:
                                       [s.timestamp_ns for s in sweeps])
         sample = WindowSample(aligned=aligned, source_index=src, source_xyz=source.host.ego_xyz.numpy(), meta=meta,
                               frame_ids=tuple(s.frame_id for s in sweeps), sensor_origin=ref.origin)
-        ns = s_hi - s_lo
-        source_batch = torch.zeros(ns, dtype=torch.int64, device=dev)
-        batch = BatchedWindows(
-            sparse=sparse, points=points, time=time,
-            source_rows=torch.arange(s_lo, s_hi, dtype=torch.int64, device=dev), source_batch=source_batch,
-            ego_flow=points[s_lo:s_hi, :3] - source.ego_xyz,
-            dt=torch.tensor([meta.dt], dtype=torch.float32, device=dev)[source_batch],
-            source_counts=[ns], samples=[sample])
+        # one window: no batch index to build, upload or range-check
+        batch = assemble_batch([sample], points, time, None, np.array([0, total]), source.ego_xyz, geometry, timer)
         return AssembledWindow(batch, sweeps, src)
