@@ -98,6 +98,17 @@ def check_window_gaps(window: Window, max_gap_s: float = DEFAULT_MAX_GAP_S, sequ
                 f"{gap:.3f} s later (max_gap_s = {max_gap_s:g} s)")
 
 
+def time_shift(geometry: Geometry, n: int) -> int:
+    """Added to the time index of a window of ``n`` sweeps (right-aligned: the reference sits at ``num_frames - 1``)."""
+    return geometry.num_frames - n
+
+
+def source_sweep(n: int, flow: bool) -> int:
+    """Index of a window's source sweep: the one before the reference for scene flow (sweep t, the reference
+    being t+1), else the reference itself (MOS: the current scan)."""
+    return n - 2 if (flow and n >= 2) else n - 1
+
+
 def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "",
                         with_targets: bool = True, columns: tuple[str, ...] = INPUT_COLUMNS,
                         max_gap_s: float | None = DEFAULT_MAX_GAP_S,
@@ -128,8 +139,8 @@ def build_window_sample(window: Window, geometry: Geometry, sequence_id: str = "
     if max_gap_s is not None:
         check_window_gaps(window, max_gap_s, sequence_id)
     aligned = window.align(ref_index=-1, columns=columns)
-    aligned.time = aligned.time + np.int32(geometry.num_frames - n)
-    source_index = n - 2 if flow else n - 1
+    aligned.time = aligned.time + np.int32(time_shift(geometry, n))
+    source_index = source_sweep(n, flow)
     src = window.frames[source_index]
     targets = flow_targets(src) if (with_targets and flow) else None
     mos = None

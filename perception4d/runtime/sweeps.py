@@ -46,7 +46,8 @@ from perception4d.core.frame import Frame
 from perception4d.core.geometry import Geometry
 from perception4d.core.se3 import SE3
 from perception4d.core.window import AlignedWindow
-from perception4d.datasets.sample import INPUT_COLUMNS, SampleMeta, WindowSample, sensor_origin
+from perception4d.datasets.sample import (INPUT_COLUMNS, SampleMeta, WindowSample, sensor_origin, source_sweep,
+                                          time_shift)
 from perception4d.errors import ConfigError
 from perception4d.models.preprocessor import BatchedWindows, assemble_batch
 from perception4d.utils.timing import NullTimer
@@ -385,10 +386,10 @@ class SweepRing:
                                                   self.host_transform)
                 points[sl, 3:] = s.points[:, 3:]
                 ref_T.append(ref_T_frame)
-            shift = geometry.num_frames - n  # right-aligned: the reference always has time index num_frames - 1
+            shift = time_shift(geometry, n)
             time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32).to(dev),
                                            torch.tensor(sizes, dtype=torch.int64).to(dev), output_size=total)
-        src = n - 2 if (flow_layout and n >= 2) else n - 1
+        src = source_sweep(n, flow_layout)
         source = sweeps[src]
         meta = SampleMeta(sequence_id=sequence_id, frame_id=source.frame_id, timestamp_ns=source.timestamp_ns,
                           next_timestamp_ns=ref.timestamp_ns)
