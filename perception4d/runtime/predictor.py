@@ -275,20 +275,25 @@ class Predictor:
                  amp: bool | None = None, mos_fusion: bool = False, mos_prior: float = 0.5,
                  policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
                  host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None,
-                 outputs=None, velocity_dtype: str = "float32", staging: StagingPool | None = None):
+                 outputs=None, velocity_dtype: str = "float32", staging: StagingPool | None = None,
+                 engine: str = "auto"):
         self.device = torch.device(device)
         self.outputs = check_outputs(outputs)
         self.velocity_dtype = check_velocity_dtype(velocity_dtype)
         if self.device.type == "cuda" and self.device.index is None:  # "cuda" -> the current device, by index
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.loaded = self._load(model)
-        # inference fusion (BatchNorm folded, bias/ReLU inside spconv's kernel): on by default on CUDA, where the
-        # network is launch-bound; identical arithmetic up to rounding (perception4d.models.fuse)
+        # inference fusion (BatchNorm folded; on CUDA by default the sparse backbone on the gather-GEMM engine,
+        # ``engine``: auto | spconv | gather): on by default on CUDA, where the network is launch-bound;
+        # identical arithmetic up to rounding (perception4d.models.fuse, perception4d.models.engine)
+        from perception4d.models.fuse import ENGINES, fuse_for_inference
+
+        if engine not in ENGINES:
+            raise ConfigError(f"engine {engine!r}: use one of {ENGINES}")
+        self.engine = engine
         self.fused = self.device.type == "cuda" if fuse is None else bool(fuse)
         if self.fused:
-            from perception4d.models.fuse import fuse_for_inference
-
-            self.loaded = replace(self.loaded, model=fuse_for_inference(self.loaded.model))
+            self.loaded = replace(self.loaded, model=fuse_for_inference(self.loaded.model, engine=engine))
         self.name = self.loaded.name
         self.geometry = self.loaded.geometry
         self.tasks = self.loaded.tasks
@@ -327,6 +332,8 @@ class Predictor:
     def describe(self) -> str:
         return (f"{self.loaded.describe()}, {'fp16 autocast' if self.amp else 'fp32'}"
                 + (", fused for inference" if self.fused else "")
+                + (", sparse backbone on the gather-GEMM engine" if self.fused and
+                   type(self.loaded.model.backbone).__name__ == "GatherUNet" else "")
                 + (", fused MOS" if self.fusion is not None else "")
                 + ("" if self.outputs == OUTPUTS else f", outputs {'+'.join(self.outputs)}")
                 + (", float16 velocities" if self.velocity_dtype == "float16" else ""))

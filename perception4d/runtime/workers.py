@@ -85,6 +85,7 @@ class PredictorOptions:
     host_transform: bool | None = None
     outputs: tuple[str, ...] | None = None
     velocity_dtype: str = "float32"
+    engine: str = "auto"  # the fused sparse backbone: auto (gather-GEMM engine on CUDA) | spconv | gather
 
     def __post_init__(self):
         if self.outputs is not None:
@@ -173,7 +174,8 @@ class DeviceGroup:
         self.staging = StagingPool(pin=self.device.type == "cuda")  # sweeps this group prepares (process workers)
         self.predictors = [Predictor(m, self.device, amp=o.amp, mos_fusion=o.mos_fusion, mos_prior=o.mos_prior,
                                      warmup=o.warmup, ring=self.ring, host_transform=o.host_transform,
-                                     outputs=o.outputs, velocity_dtype=o.velocity_dtype, staging=self.staging)
+                                     outputs=o.outputs, velocity_dtype=o.velocity_dtype, staging=self.staging,
+                                     engine=o.engine)
                            for m in loaded]
         self.warmup_s = sum(p.warmup_s for p in self.predictors)
 

@@ -10,6 +10,7 @@ from perception4d.core import Window
 from perception4d.datasets.sample import build_window_sample
 from perception4d.datasets.window_dataset import FrameListReader
 from perception4d.datasets.windows import iter_windows, plan_windows
+from perception4d.errors import ConfigError
 from perception4d.inference import DEFAULT_FLOW, DEFAULT_MOS, load_model, predict_samples, submission_flow
 from perception4d.models.preprocessor import WindowBatcher
 from perception4d.mos.fusion import RecedingHorizonFusion
@@ -131,20 +132,22 @@ def test_ring_assembles_the_window_batcher_input(flow_loaded, frames, host_trans
 
 
 def test_amp_on_cpu_and_a_too_small_shared_ring_are_refused(flow_loaded):
-    from perception4d.errors import ConfigError
-
     with pytest.raises(ConfigError, match="CUDA only"):
         Predictor(flow_loaded, "cpu", amp=True, warmup=NO_WARMUP)
     with pytest.raises(ConfigError, match="holds 2 sweeps"):
         Predictor(flow_loaded, "cpu", ring=SweepRing("cpu", 2), warmup=NO_WARMUP)
 
 
-def test_fused_predictor_matches_the_unfused_one(flow_loaded, frames):
+@pytest.mark.parametrize("engine", ["auto", "gather"])
+def test_fused_predictor_matches_the_unfused_one(flow_loaded, frames, engine):
     plain = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP)
-    fused = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, fuse=True)
+    fused = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, fuse=True, engine=engine)
     assert not plain.fused and fused.fused and "fused for inference" in fused.describe()
+    assert ("gather-GEMM engine" in fused.describe()) == (engine == "gather")  # auto on the CPU: spconv
     assert fused.loaded.model is not flow_loaded.model  # a fused copy; the offline model is untouched
     for f in frames[:3]:
         a, b = plain.step(f), fused.step(f)
         if a.flow is not None:
             np.testing.assert_allclose(b.flow.prediction.flow, a.flow.prediction.flow, atol=1e-4)
+    with pytest.raises(ConfigError, match="engine 'tensorrt'"):
+        Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, engine="tensorrt")
