@@ -88,32 +88,44 @@ def fold_dense_conv(conv: nn.Conv3d | nn.ConvTranspose3d, bn: nn.BatchNorm3d) ->
     return new
 
 
-def _fold_dense_seq(seq: nn.Sequential) -> nn.Sequential:
+def _fold_pairs(seq: nn.Sequential, fold) -> nn.Sequential:
+    """``seq`` with every (layer, BatchNorm) pair that ``fold(layer, next)`` folds replaced by its result, at
+    any depth of nested modules; ``fold`` returns None for pairs it does not fold."""
     mods, out, i = list(seq), [], 0
     while i < len(mods):
-        m = mods[i]
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and i + 1 < len(mods) and isinstance(mods[i + 1],
-                                                                                              nn.BatchNorm3d):
-            out.append(fold_dense_conv(m, mods[i + 1]))
+        folded = fold(mods[i], mods[i + 1]) if i + 1 < len(mods) else None
+        if folded is not None:
+            out.append(folded)
             i += 2
         else:
-            out.append(_fold_dense_seq(m) if isinstance(m, nn.Sequential) else _fold_dense_children(m))
+            out.append(_fold_children(mods[i], fold))
             i += 1
     return nn.Sequential(*out)
 
 
-def _fold_dense_children(module: nn.Module) -> nn.Module:
+def _fold_children(module: nn.Module, fold) -> nn.Module:
+    if isinstance(module, nn.Sequential):
+        return _fold_pairs(module, fold)
     for name, child in list(module.named_children()):
-        setattr(module, name, _fold_dense_seq(child) if isinstance(child, nn.Sequential)
-                else _fold_dense_children(child))
+        setattr(module, name, _fold_children(child, fold))
     return module
+
+
+def _linear_bn(m: nn.Module, nxt: nn.Module) -> nn.Module | None:
+    return fold_linear(m, nxt) if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d) else None
+
+
+def _dense_conv_bn(m: nn.Module, nxt: nn.Module) -> nn.Module | None:
+    if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and isinstance(nxt, nn.BatchNorm3d):
+        return fold_dense_conv(m, nxt)
+    return None
 
 
 def fuse_dense_convs(module: nn.Module) -> nn.Module:
     """In place: every (Conv3d | ConvTranspose3d, BatchNorm3d) pair inside an ``nn.Sequential`` of ``module``
     folded into one convolution; dense convolution weights in ``channels_last_3d`` (cuDNN's native layout in
     fp16: no layout transposes around every convolution)."""
-    _fold_dense_children(module)
+    _fold_children(module, _dense_conv_bn)
     for m in module.modules():
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
@@ -171,18 +183,7 @@ class FusedUp(nn.Module):
 
 def _fuse_mlp(seq: nn.Sequential) -> nn.Sequential:
     """Linear/BN/ReLU runs of an ``nn.Sequential`` -> Linear(+bias)/ReLU."""
-    mods = list(seq)
-    out = []
-    i = 0
-    while i < len(mods):
-        m = mods[i]
-        if isinstance(m, nn.Linear) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm1d):
-            out.append(fold_linear(m, mods[i + 1]))
-            i += 2
-        else:
-            out.append(m)
-            i += 1
-    return nn.Sequential(*out)
+    return _fold_pairs(seq, _linear_bn)
 
 
 def fuse_backbone(backbone: SparseUNet4D) -> SparseUNet4D:
