@@ -93,6 +93,16 @@ def lovasz_softmax(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def voxel_cells(sparse, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, 3) int64 cell of ``geometry``'s grid holding each voxel centre of ``sparse``, and (V,) bool: inside it."""
+    dev = sparse.coords.device
+    shape = torch.tensor(geometry.grid_shape, device=dev)
+    lower = torch.tensor(geometry.point_range[:3], device=dev, dtype=torch.float32)
+    size = torch.tensor(geometry.voxel_size, device=dev, dtype=torch.float32)
+    idx = torch.floor((sparse.voxel_centers() - lower) / size).long()
+    return idx, ((idx >= 0) & (idx < shape)).all(dim=1)
+
+
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(cout),
                          nn.ReLU(inplace=True))
@@ -183,12 +193,7 @@ class OccupancyHead(OccupancyLossSettings, nn.Module):
     def _pool(self, values: torch.Tensor, batch, geometry: Geometry) -> torch.Tensor:
         """(B, C + 2, X, Y, Z): scatter-mean of per-voxel ``values`` (V, C), mean time, empty indicator."""
         sparse = batch.sparse
-        dev = values.device
-        shape = torch.tensor(geometry.grid_shape, device=dev)
-        lower = torch.tensor(geometry.point_range[:3], device=dev, dtype=torch.float32)
-        size = torch.tensor(geometry.voxel_size, device=dev, dtype=torch.float32)
-        idx = torch.floor((sparse.voxel_centers() - lower) / size).long()
-        inside = ((idx >= 0) & (idx < shape)).all(dim=1)
+        idx, inside = voxel_cells(sparse, geometry)
         nx, ny, nz = geometry.grid_shape
         flat = ((sparse.coords[:, 0].long() * nx + idx[:, 0]) * ny + idx[:, 1]) * nz + idx[:, 2]
         flat = torch.where(inside, flat, torch.full_like(flat, -1))

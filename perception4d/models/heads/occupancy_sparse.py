@@ -59,7 +59,7 @@ from torch import nn
 from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
 from perception4d.errors import ConfigError
-from perception4d.models.heads.occupancy import OccupancyLossSettings, OccupancyPrediction, lovasz_softmax
+from perception4d.models.heads.occupancy import OccupancyLossSettings, OccupancyPrediction, lovasz_softmax, voxel_cells
 from perception4d.models.spconv_utils import import_spconv
 from perception4d.ops.scatter import scatter_mean
 from perception4d.registry import MODELS
@@ -221,12 +221,7 @@ class SparseOccupancyHead(OccupancyLossSettings, nn.Module):
         """The backbone voxels' evidence in the occupied cells of level ``level`` (sorted by flat index)."""
         sparse = batch.sparse
         geo = self.level_grids[level]
-        dev = values.device
-        shape = torch.tensor(geo.grid_shape, device=dev)
-        lower = torch.tensor(geo.point_range[:3], device=dev, dtype=torch.float32)
-        size = torch.tensor(geo.voxel_size, device=dev, dtype=torch.float32)
-        idx = torch.floor((sparse.voxel_centers() - lower) / size).long()
-        inside = ((idx >= 0) & (idx < shape)).all(dim=1)
+        idx, inside = voxel_cells(sparse, geo)
         flat = _flatten(torch.cat([sparse.coords[:, :1].long(), idx], dim=1)[inside], geo.grid_shape)
         cells, inverse = torch.unique(flat, return_inverse=True)
         frames = sparse.spatial_shape[3]
