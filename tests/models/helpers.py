@@ -31,3 +31,20 @@ def toy_sequence(n_frames=4, n_static=1500, n_moving=300, speed=8.0, seed=0, ext
 
 def toy_window(**kw) -> Window:
     return Window(tuple(toy_sequence(**kw)))
+
+
+def amp_training_step(model, batch_samples) -> None:
+    """One fp16-autocast training step of ``model`` (on CUDA, train mode) on ``batch_samples`` with a gradient
+    scaler; the flow loss and every parameter stay finite."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    data = model.data_preprocessor({"inputs": batch_samples}, training=True)
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = model(**data, mode="loss")
+    scaler.scale(losses["loss_flow"]).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.isfinite(losses["loss_flow"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -20,6 +20,8 @@ from perception4d.models.dsvt.partition import WindowSpec, partition_sets, pool_
 from perception4d.models.spconv_utils import import_spconv
 from perception4d.sim import get_preset, simulate
 
+from .helpers import amp_training_step
+
 spconv = import_spconv()
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHAPE = (24, 20, 6, 5)
@@ -351,13 +353,4 @@ def test_cuda_fp16_autocast_forward_matches_fp32():
 def test_cuda_autocast_training_step_of_the_flow_network(seq):
     model = _small_model("flow_dsvt_5f_sim.py", BACKBONE_GEO).cuda().train()
     sample = build_window_sample(Window(tuple(seq.frames)), Geometry.from_config(BACKBONE_GEO), "sim")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda")
-    data = model.data_preprocessor({"inputs": [sample]}, training=True)
-    with torch.autocast("cuda", dtype=torch.float16):
-        losses = model(**data, mode="loss")
-    scaler.scale(losses["loss_flow"]).backward()
-    scaler.step(opt)
-    scaler.update()
-    assert torch.isfinite(losses["loss_flow"])
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    amp_training_step(model, [sample])

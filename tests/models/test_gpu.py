@@ -7,6 +7,7 @@ and an autocast training step (what AmpOptimWrapper runs).
 import pytest
 import torch
 
+from .helpers import amp_training_step
 from .test_flow_net import build_small_model, samples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -38,14 +39,4 @@ def test_cuda_half_and_autocast_inference_match_fp32():
 
 
 def test_cuda_autocast_training_step():
-    model = build_small_model().cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda")
-    data = model.data_preprocessor({"inputs": samples(2)}, training=True)
-    with torch.autocast("cuda", dtype=torch.float16):
-        losses = model(**data, mode="loss")
-    scaler.scale(losses["loss_flow"]).backward()
-    scaler.step(opt)
-    scaler.update()
-    assert torch.isfinite(losses["loss_flow"])
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    amp_training_step(build_small_model().cuda().train(), samples(2))
