@@ -261,7 +261,7 @@ class GraphedUNet:
                      for i, c in enumerate(counts))
         return caps if old is None else tuple(max(a, b) for a, b in zip(caps, old))
 
-    def _capture(self, key, features, coords, spatial_shape, batch_size, counts, amp, grow_only=True) -> _Capture:
+    def _capture(self, key, features, spatial_shape, batch_size, counts, amp, grow_only=True) -> _Capture:
         old = self._captures.pop(key, None)  # free the old graph's memory before capturing a new one
         self._small.pop(key, None)
         caps = self._capacities(counts, old.capacities if old is not None and grow_only else None)
@@ -273,7 +273,7 @@ class GraphedUNet:
         self.captures_made += 1
         return cap
 
-    def _track_small(self, key, cap, counts, features, coords, spatial_shape, batch_size, amp) -> None:
+    def _track_small(self, key, cap, counts, features, spatial_shape, batch_size, amp) -> None:
         """Count frames that would fit in half the capacities; capture smaller after ``shrink_after`` of them."""
         need = self._capacities(counts, None)
         if not any(c > 2 * m for c, m in zip(cap.capacities, need)):
@@ -283,11 +283,14 @@ class GraphedUNet:
         seen.append(counts)
         if len(seen) >= self.shrink_after:
             largest = [max(col) for col in zip(*seen)]
-            self._capture(key, features, coords, spatial_shape, batch_size, largest, amp, grow_only=False)
+            self._capture(key, features, spatial_shape, batch_size, largest, amp, grow_only=False)
+
+    def _eager(self, features, coords, spatial_shape, batch_size) -> torch.Tensor:
+        return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))
 
     def __call__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
         if self.disabled_reason is not None:
-            return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))
+            return self._eager(features, coords, spatial_shape, batch_size)
         amp = torch.is_autocast_enabled("cuda")
         key = (tuple(int(s) for s in spatial_shape), int(batch_size), features.dtype, amp, features.device)
         n = coords.shape[0]
@@ -296,15 +299,15 @@ class GraphedUNet:
                 cap = self._captures.get(key)
                 if cap is None or n > cap.capacities[0]:
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
-                    cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
+                    cap = self._capture(key, features, spatial_shape, batch_size, counts, amp)
                 cap.replay(features, coords)
                 overflow, *counts = cap.status.tolist()
                 if overflow:  # a coarser level outgrew its capacity: grow to this frame's exact sizes
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
-                    cap = self._capture(key, features, coords, spatial_shape, batch_size, counts, amp)
+                    cap = self._capture(key, features, spatial_shape, batch_size, counts, amp)
                     cap.replay(features, coords)
                 else:
-                    self._track_small(key, cap, counts, features, coords, spatial_shape, batch_size, amp)
+                    self._track_small(key, cap, counts, features, spatial_shape, batch_size, amp)
                 return cap.out[:n].clone()
         except RuntimeError as exc:  # capture not supported here: stay correct, run eagerly
             import logging
@@ -313,4 +316,4 @@ class GraphedUNet:
             self._captures.clear()
             logging.getLogger("perception4d.models").warning(
                 "CUDA graph capture of the sparse U-Net failed (%s); running it eagerly", self.disabled_reason)
-            return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))
+            return self._eager(features, coords, spatial_shape, batch_size)
