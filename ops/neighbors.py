@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from perception4d.ops.gather_conv import take_rows
+
 _CONSTANTS: dict = {}
 
 
@@ -100,17 +102,34 @@ def submanifold_table(keys: torch.Tensor, deltas: torch.Tensor, sorted_keys: tor
     """(K, N) int32 row of the voxel at ``key + delta[k]`` for every voxel, ``N`` where there is none.
 
     Offset-major, so a kernel reading offset ``k`` of consecutive voxels reads consecutive memory.
+    ``deltas`` are a centred kernel's (``delta[K - 1 - k] == -delta[k]``): only the first half is searched;
+    the centre is the voxel itself, and voxel ``j`` found at ``+d`` of voxel ``i`` has ``i`` at ``-d``
+    (keys are unique), so the second half is the first one scattered back.
 
     ``sorted_keys`` / ``order`` (``torch.sort(keys)``) may be passed when known; keys must be unique.
     """
     n = keys.shape[0]
+    k_all = deltas.shape[0]
+    half = k_all // 2
+    if k_all % 2 != 1 or not torch.equal(deltas, -deltas.flip(0)):
+        raise ValueError(f"submanifold_table needs the key deltas of a centred kernel, got {deltas.tolist()}")
     if sorted_keys is None:
         sorted_keys, order = torch.sort(keys)
-    q = keys[None, :] + device_constant(tuple(deltas.tolist()), keys.device)[:, None]
-    pos = torch.searchsorted(sorted_keys, q).clamp_(max=max(n - 1, 0))
-    hit = sorted_keys[pos] == q
-    rows = pos if order is None else order[pos]
-    return torch.where(hit, rows, torch.full_like(rows, n)).to(torch.int32)
+    ids = torch.arange(n, device=keys.device)
+    table = torch.empty((k_all, n), dtype=torch.int32, device=keys.device)
+    table[half] = ids
+    if half == 0:
+        return table
+    q = keys[None, :] + device_constant(tuple(deltas[:half].tolist()), keys.device)[:, None]
+    pos = torch.searchsorted(sorted_keys, q).clamp_(max=max(n - 1, 0)).view(-1)
+    hit = take_rows(sorted_keys, pos).view(q.shape) == q
+    rows = (pos if order is None else take_rows(order, pos)).view(q.shape)
+    found = torch.where(hit, rows, torch.full_like(rows, n))  # (half, n); n: none
+    table[:half] = found
+    mirror = torch.full((half, n + 1), n, dtype=torch.int64, device=keys.device)  # column n: scratch
+    mirror.scatter_(1, found, ids.expand(half, n))
+    table[half + 1:] = mirror[:, :n].flip(0)
+    return table
 
 
 @dataclass

@@ -1,10 +1,16 @@
 """Voxelization in pure torch ops, on whatever device the inputs live.
 
-One ``torch.unique`` over linear int64 keys (sorted, so the voxel order is
-the lexicographic ``(b, x, y, z, t)`` order), one ``index_add_`` for the
-float64 feature sums. Quantization is float32 with float32 bounds and a
-device-resident divisor (a CPU scalar divisor would be turned into a
-reciprocal multiply on CUDA), which matches the numba backend bit for bit.
+Every point gets a linear int64 key (dropped points — non-finite, or outside
+the range — the one key ``prod(dims)``, beyond every voxel key); one sort of
+the keys, run starts and a prefix sum give each point its voxel row (sorted
+keys, so the voxel order is the lexicographic ``(b, x, y, z, t)`` order) and
+one ``index_add_`` the float64 feature sums. No point is selected, so nothing
+waits for the device until the single read-back of the voxel count and the
+drop counts at the end (a CUDA device synchronises once a call).
+
+Quantization is float32 with float32 bounds and a device-resident divisor (a
+CPU scalar divisor would be turned into a reciprocal multiply on CUDA), which
+matches the numba backend bit for bit.
 """
 
 from __future__ import annotations
@@ -17,21 +23,21 @@ from perception4d.ops import VoxelArrays
 def point_keys(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor | None,
                lower: torch.Tensor, upper: torch.Tensor, voxel_size: torch.Tensor,
                dims: tuple[int, int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(keys of kept points, their row index, drop counts [out_of_range, non_finite] as a device tensor)."""
-    _, nx, ny, nz, nt = dims
+    """(P,) keys of every point (``prod(dims)`` for dropped points), (P,) bool kept, and the drop counts
+    [out_of_range, non_finite] as a device tensor."""
+    nb, nx, ny, nz, nt = dims
     finite = torch.isfinite(points).all(dim=1)
     xyz = points[:, :3]
     inside = ((xyz >= lower) & (xyz < upper)).all(dim=1)
     keep = finite & inside
     drops = torch.stack([(finite & ~inside).sum(), (~finite).sum()])
-    rows = torch.nonzero(keep).squeeze(1)
-    q = torch.floor((xyz[rows] - lower) / voxel_size).to(torch.int64)
+    q = torch.floor((xyz - lower) / voxel_size).nan_to_num_(0.0, 0.0, 0.0).to(torch.int64)
     hi = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.int64, device=points.device)
     q = torch.minimum(q, hi)  # float32 rounding can land on the upper edge
-    b = torch.zeros_like(rows) if batch is None else batch[rows].to(torch.int64)
-    t = time[rows].to(torch.int64)
-    keys = (((b * nx + q[:, 0]) * ny + q[:, 1]) * nz + q[:, 2]) * nt + t
-    return keys, rows, drops
+    b = 0 if batch is None else batch.to(torch.int64)
+    keys = (((b * nx + q[:, 0]) * ny + q[:, 1]) * nz + q[:, 2]) * nt + time.to(torch.int64)
+    drop_key = nb * nx * ny * nz * nt
+    return torch.where(keep, keys, torch.full_like(keys, drop_key)), keep, drops
 
 
 def decode_keys(keys: torch.Tensor, dims: tuple[int, int, int, int, int]) -> torch.Tensor:
@@ -48,19 +54,36 @@ def decode_keys(keys: torch.Tensor, dims: tuple[int, int, int, int, int]) -> tor
 
 def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor | None,
                    lower: torch.Tensor, upper: torch.Tensor, voxel_size: torch.Tensor,
-                   dims: tuple[int, int, int, int, int]) -> VoxelArrays:
+                   dims: tuple[int, int, int, int, int],
+                   read_back: torch.Tensor | None = None) -> tuple[VoxelArrays, list[int]]:
     """Voxelize validated tensors that share one device.
 
     points (P, C) float32; time (P,) integer in [0, T); batch (P,) integer in [0, B) or None;
     lower/upper/voxel_size float32 (3,) on the same device; dims (B, X, Y, Z, T).
+
+    ``read_back``: further int64 values on the device (e.g. index ranges to check) read in the same
+    device-to-host copy as the voxel count; returned as a list (empty without them).
     """
     n, c = points.shape
-    keys, rows, drops = point_keys(points, time, batch, lower, upper, voxel_size, dims)
-    ukeys, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    p2v = torch.full((n,), -1, dtype=torch.int64, device=points.device)
-    p2v[rows] = inverse
-    sums = torch.zeros((ukeys.shape[0], c), dtype=torch.float64, device=points.device)
-    sums.index_add_(0, inverse, points[rows].to(torch.float64))
-    feats = (sums / counts.unsqueeze(1)).to(torch.float32)
-    n_oor, n_nf = drops.tolist()
-    return VoxelArrays(decode_keys(ukeys, dims), feats, counts.to(torch.int32), p2v, int(n_oor), int(n_nf))
+    device = points.device
+    keys, keep, drops = point_keys(points, time, batch, lower, upper, voxel_size, dims)
+    sorted_keys, order = torch.sort(keys)
+    first = torch.ones(n, dtype=torch.bool, device=device)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    run = torch.cumsum(first, 0) - 1  # voxel row of each sorted point (dropped points: the last run)
+    inverse = torch.empty_like(run)
+    inverse[order] = run
+    num_runs = run[-1:] + 1 if n else torch.zeros(1, dtype=torch.int64, device=device)
+    extra = [] if read_back is None else [read_back.to(device=device, dtype=torch.int64).reshape(-1)]
+    values = torch.cat([num_runs, drops, *extra]).tolist()  # the one synchronisation
+    runs, n_oor, n_nf = values[:3]
+    v = runs - (1 if n_oor + n_nf else 0)  # the dropped points' run is last
+    ukeys = torch.zeros(runs, dtype=torch.int64, device=device).scatter_(0, run, sorted_keys)[:v]
+    p2v = torch.where(keep, inverse, torch.full_like(inverse, -1))
+    sums = torch.zeros((runs, c), dtype=torch.float64, device=device)
+    sums.index_add_(0, inverse, points.to(torch.float64))
+    counts = torch.zeros(runs, dtype=torch.int64, device=device).index_add_(0, inverse,
+                                                                             torch.ones_like(inverse))[:v]
+    feats = (sums[:v] / counts.unsqueeze(1)).to(torch.float32)
+    return VoxelArrays(decode_keys(ukeys, dims), feats, counts.to(torch.int32), p2v, int(n_oor),
+                       int(n_nf)), values[3:]

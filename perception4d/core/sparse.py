@@ -15,6 +15,7 @@ import torch
 from perception4d.core.geometry import Geometry
 
 COORD_ORDER = ("b", "x", "y", "z", "t")
+_CENTRE_CONSTANTS: dict = {}
 
 
 @dataclass
@@ -111,6 +112,8 @@ class SparseTensor4D:
 
     def voxel_centers(self) -> torch.Tensor:
         """(V, 3) metric centres of the voxels, float32, on the tensor's device."""
-        vs = torch.tensor(self.geometry.voxel_size, device=self.device, dtype=torch.float32)
-        lo = torch.tensor(self.geometry.point_range[:3], device=self.device, dtype=torch.float32)
+        key = (self.geometry.voxel_size, tuple(self.geometry.point_range[:3]), self.device)
+        if key not in _CENTRE_CONSTANTS:  # uploaded once per grid and device
+            _CENTRE_CONSTANTS[key] = tuple(torch.tensor(v, device=self.device, dtype=torch.float32) for v in key[:2])
+        vs, lo = _CENTRE_CONSTANTS[key]
         return (self.coords[:, 1:4].float() + 0.5) * vs + lo

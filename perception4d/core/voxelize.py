@@ -50,25 +50,37 @@ def _index_array(a, name: str, n: int, device: torch.device) -> torch.Tensor:
     return t
 
 
+_BOUNDS: dict = {}
+
+
+def _bounds(lower, upper, voxel_size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 (3,) lower, upper and voxel size on ``device``, uploaded once per grid and device."""
+    key = (tuple(np.asarray(lower, np.float32).tolist()), tuple(np.asarray(upper, np.float32).tolist()),
+           tuple(np.asarray(voxel_size, np.float32).tolist()), device)
+    if key not in _BOUNDS:
+        _BOUNDS[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in key[:3])
+    return _BOUNDS[key]
+
+
+def _range_stats(time: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+    """(4,) int64 on the indices' device: [time min, time max, batch min, batch max] (batch: 0, 0 without one)."""
+    stats = [time.min(), time.max()] + ([torch.zeros((), dtype=time.dtype, device=time.device)] * 2
+                                        if batch is None else [batch.min(), batch.max()])
+    return torch.stack([s.to(torch.int64) for s in stats])
+
+
 def _index_ranges(time: torch.Tensor, batch: torch.Tensor | None) -> list[int]:
-    """[time min, time max, batch min, batch max] with one device sync (numpy on CPU)."""
+    """[time min, time max, batch min, batch max] now (numpy on CPU, one device sync elsewhere)."""
     if time.device.type == "cpu":
         arrays = [time.numpy()] + ([] if batch is None else [batch.numpy()])
         values = [int(f(a)) for a in arrays for f in (np.min, np.max)]
-    else:
-        stats = [time.min(), time.max()] + ([] if batch is None else [batch.min(), batch.max()])
-        values = torch.stack([s.to(torch.int64) for s in stats]).tolist()
-    return values + [0, 0] if batch is None else values
+        return values + [0, 0] if batch is None else values
+    return _range_stats(time, batch).tolist()
 
 
-def _check_ranges(time: torch.Tensor, batch: torch.Tensor | None, num_frames: int,
-                  batch_size: int | None) -> int:
-    """Raise on a time/batch index outside its range; return the batch size."""
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"voxelize: batch_size must be >= 1, got {batch_size}")
-    if time.shape[0] == 0:
-        return 1 if batch_size is None else int(batch_size)
-    t_lo, t_hi, b_lo, b_hi = _index_ranges(time, batch)
+def _check_ranges(ranges: list[int], num_frames: int, batch_size: int | None) -> int:
+    """Raise on a time/batch index outside its range; return the batch size (``ranges``: ``_index_ranges``)."""
+    t_lo, t_hi, b_lo, b_hi = ranges
     if t_lo < 0 or t_hi >= num_frames:
         raise ValueError(f"voxelize: time index outside [0, {num_frames}) (geometry.num_frames): "
                          f"got values in [{t_lo}, {t_hi}]")
@@ -101,15 +113,24 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
     n = pts.shape[0]
     tm = _index_array(time, "time", n, device)
     bt = None if batch is None else _index_array(batch, "batch", n, device)
-    nb = _check_ranges(tm, bt, geometry.num_frames, batch_size)
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"voxelize: batch_size must be >= 1, got {batch_size}")
+    if backend == "auto":
+        backend = "numba" if device.type == "cpu" else "torch"
+    # the torch backend reads the index ranges back with its own results (one synchronisation a call)
+    deferred = backend == "torch" and batch_size is not None and n > 0
+    if n == 0:
+        nb = 1 if batch_size is None else int(batch_size)
+    elif not deferred:
+        nb = _check_ranges(_index_ranges(tm, bt), geometry.num_frames, batch_size)
+    else:
+        nb = int(batch_size)
     dims = (nb, *geometry.spatial_shape)
     if np.prod(np.array(dims, dtype=np.float64)) >= 2.0**63 or nb >= 2**31:
         raise ValueError(f"voxelize: grid (batch, X, Y, Z, T) = {dims} is too large for int64 voxel keys")
 
     lower, upper = geometry.lower, geometry.upper
     voxel_size = np.asarray(geometry.voxel_size, np.float32)
-    if backend == "auto":
-        backend = "numba" if device.type == "cpu" else "torch"
     if backend == "numba":
         if device.type != "cpu":
             raise ValueError(f"voxelize: backend 'numba' runs on CPU but the points are on {device}; "
@@ -125,10 +146,10 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
     else:
         from perception4d.ops.voxelize_torch import voxelize_torch
 
-        def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float32, device=device)
-
-        res = voxelize_torch(pts, tm, bt, dev(lower), dev(upper), dev(voxel_size), dims)
+        res, ranges = voxelize_torch(pts, tm, bt, *_bounds(lower, upper, voxel_size, device), dims,
+                                     read_back=_range_stats(tm, bt) if deferred else None)
+        if deferred:  # out-of-range indices made keys of other cells: the result is discarded
+            _check_ranges(ranges, geometry.num_frames, nb)
         coords, feats, counts, p2v = res.coords, res.features, res.counts, res.point_to_voxel
 
     dropped = DropStats(out_of_range=res.out_of_range, non_finite=res.non_finite)

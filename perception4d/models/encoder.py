@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from perception4d.core.sparse import SparseTensor4D
+from perception4d.ops.gather_conv import take_rows
 from perception4d.ops.scatter import scatter_mean
 
 #: number of derived per-point inputs (before the extra input columns)
@@ -38,8 +39,8 @@ class PointEncoder(nn.Module):
         keep = p2v >= 0
         v = p2v.clamp(min=0)
         xyz = points[:, :3]
-        centre = sparse.voxel_centers()[v]
-        mean = sparse.features[v, :3]
+        per_voxel = take_rows(torch.cat([sparse.voxel_centers(), sparse.features[:, :3]], 1), v)  # one gather
+        centre, mean = per_voxel[:, :3], per_voxel[:, 3:]
         t_scale = 1.0 / max(sparse.spatial_shape[3] - 1, 1)
         feats = torch.cat([
             xyz - centre, xyz - mean, xyz[:, 2:3], xyz[:, :2] * (1.0 / 50.0),

@@ -27,12 +27,11 @@ networks on CPU, and on CUDA in the GPU tests).
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import nn
 
 from perception4d.models.backbone_spconv import UNetLevels
+from perception4d.models.cuda_graph import CAPTURE_LOCK
 from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
@@ -181,8 +180,6 @@ class GatherUNet(UNetLevels, nn.Module):
         return super()._apply(fn, recurse)
 
 
-#: one capture at a time in a process (thread workers on several GPUs share the interpreter)
-_CAPTURE_LOCK = threading.RLock()
 
 
 def _round_up(n: int, quantum: int) -> int:
@@ -266,7 +263,7 @@ class GraphedUNet:
         self._small.pop(key, None)
         caps = self._capacities(counts, old.capacities if old is not None and grow_only else None)
         del old
-        with _CAPTURE_LOCK:  # warm-up (Triton's autotuning) and capture of one graph at a time
+        with CAPTURE_LOCK:  # warm-up (Triton's autotuning) and capture of one graph at a time
             cap = _Capture(self.engine, spatial_shape, batch_size, caps, features.shape[1], features.dtype,
                            features.device, amp)
         self._captures[key] = cap

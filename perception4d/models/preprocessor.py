@@ -17,6 +17,7 @@ from perception4d.core.geometry import Geometry
 from perception4d.core.sparse import SparseTensor4D
 from perception4d.core.voxelize import HostStaging, pack_windows, voxelize
 from perception4d.datasets.sample import WindowSample
+from perception4d.ops.gather_conv import take_rows
 from perception4d.registry import MODELS
 from perception4d.utils.timing import NullTimer
 
@@ -80,7 +81,7 @@ class BatchedWindows:
 
     @property
     def source_in_grid(self) -> torch.Tensor:
-        return self.sparse.point_to_voxel[self.source_rows] >= 0
+        return take_rows(self.sparse.point_to_voxel, self.source_rows) >= 0
 
 
 def assemble_batch(samples: Sequence[WindowSample], points: torch.Tensor, time: torch.Tensor,
@@ -126,11 +127,16 @@ def assemble_batch(samples: Sequence[WindowSample], points: torch.Tensor, time: 
     def upload(values: list, dtype: torch.dtype) -> torch.Tensor:  # a few numbers: no stream synchronisation
         return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-    source_batch = torch.repeat_interleave(torch.arange(nb, device=device), upload(counts, torch.int64),
-                                           output_size=ns)
-    source_rows = torch.arange(ns, dtype=torch.int64, device=device) + upload(shifts, torch.int64)[source_batch]
-    ego_flow = points[:, :3].index_select(0, source_rows) - source_xyz
-    dt = upload([s.meta.dt for s in samples], torch.float32)[source_batch]
+    if nb == 1:  # the streaming case: nothing to upload
+        source_batch = torch.zeros(ns, dtype=torch.int64, device=device)
+        source_rows = torch.arange(shifts[0], shifts[0] + ns, dtype=torch.int64, device=device)
+        dt = torch.full((ns,), float(samples[0].meta.dt), dtype=torch.float32, device=device)
+    else:
+        source_batch = torch.repeat_interleave(torch.arange(nb, device=device), upload(counts, torch.int64),
+                                               output_size=ns)
+        source_rows = torch.arange(ns, dtype=torch.int64, device=device) + upload(shifts, torch.int64)[source_batch]
+        dt = upload([s.meta.dt for s in samples], torch.float32)[source_batch]
+    ego_flow = take_rows(points, source_rows)[:, :3] - source_xyz
     return BatchedWindows(sparse=sparse, points=points, time=time, source_rows=source_rows,
                           source_batch=source_batch, ego_flow=ego_flow, dt=dt, source_counts=counts,
                           samples=list(samples))

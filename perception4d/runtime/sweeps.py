@@ -20,12 +20,13 @@ sweep and it moves with the ego:
 
 * the composite transform ``ref_T_frame @ extrinsic`` of every sweep (T 4x4
   products on the host, in float64, in the order ``Window.align`` uses);
-* the window points in the new reference frame: on CUDA one float64 GEMM per
-  sweep on the device (cuBLAS may round the last float64 bit differently from
-  numpy's BLAS, so about one coordinate in 10^4 differs by one float32 ulp); on
-  the CPU numpy's ``SE3.transform_points`` itself, bit-identical to the
-  offline tools;
-* time indices; then ``assemble_batch`` (shared with ``WindowBatcher``): the voxelization, the source rows,
+* the window points in the new reference frame and their time indices: on
+  CUDA one kernel over the window (``perception4d.ops.align``: each sweep's
+  transform in float64, rounded to float32; the products may round the last
+  float64 bit differently from numpy's BLAS, so about one coordinate in 10^4
+  differs by one float32 ulp); on the CPU numpy's ``SE3.transform_points``
+  itself, bit-identical to the offline tools;
+* then ``assemble_batch`` (shared with ``WindowBatcher``): the voxelization, the source rows,
   ego-motion flow and ``dt``.
 
 The result is the ``BatchedWindows`` that ``WindowBatcher`` would build from
@@ -50,6 +51,7 @@ from perception4d.datasets.sample import (INPUT_COLUMNS, SampleMeta, WindowSampl
                                           time_shift)
 from perception4d.errors import ConfigError
 from perception4d.models.preprocessor import BatchedWindows, assemble_batch
+from perception4d.ops.align import align_window
 from perception4d.utils.timing import NullTimer
 
 
@@ -305,17 +307,6 @@ class AssembledWindow:
     source_index: int  # window position of the source sweep (flow: the one before the reference)
 
 
-def transform_points(xyz: torch.Tensor, transform: SE3, host: bool) -> torch.Tensor:
-    """(N, 3) float32 ``xyz`` mapped by ``transform`` in float64, rounded to float32, on ``xyz``'s device.
-
-    ``host``: numpy's ``SE3.transform_points`` (CPU tensors only), the arithmetic of ``Window.align``.
-    """
-    if host:
-        return torch.from_numpy(transform.transform_points(xyz.numpy()))
-    m = torch.from_numpy(transform.as_matrix()[:3]).to(xyz.device)
-    return (xyz.double() @ m[:, :3].T + m[:, 3]).float()
-
-
 class SweepRing:
     """The newest ``capacity`` sweeps of a stream on one device (oldest first)."""
 
@@ -375,20 +366,23 @@ class SweepRing:
         sizes = [s.num_points for s in sweeps]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         total = int(offsets[-1])
-        points = torch.empty((total, len(columns)), dtype=torch.float32, device=dev)
         ref_inv = ref.pose.inverse()
-        ref_T = []
+        ref_T = [ref_inv @ s.host.pose for s in sweeps]  # the products of Window.align, in its order
+        shift = time_shift(geometry, n)
         with timer.stage("align"):
-            for k, s in enumerate(sweeps):  # the products of Window.align, in its order
-                ref_T_frame = ref_inv @ s.host.pose
-                sl = slice(int(offsets[k]), int(offsets[k + 1]))
-                points[sl, :3] = transform_points(s.points[:, :3], ref_T_frame @ s.host.extrinsic,
-                                                  self.host_transform)
-                points[sl, 3:] = s.points[:, 3:]
-                ref_T.append(ref_T_frame)
-            shift = time_shift(geometry, n)
-            time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32).to(dev),
-                                           torch.tensor(sizes, dtype=torch.int64).to(dev), output_size=total)
+            if self.host_transform:  # numpy's arithmetic, bit-identical to the offline tools
+                points = torch.empty((total, len(columns)), dtype=torch.float32, device=dev)
+                for k, (s, ref_T_frame) in enumerate(zip(sweeps, ref_T)):
+                    sl = slice(int(offsets[k]), int(offsets[k + 1]))
+                    xyz = (ref_T_frame @ s.host.extrinsic).transform_points(s.points[:, :3].numpy())
+                    points[sl, :3] = torch.from_numpy(xyz)
+                    points[sl, 3:] = s.points[:, 3:]
+                time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32),
+                                               torch.tensor(sizes, dtype=torch.int64), output_size=total)
+            else:  # one kernel over the window (perception4d.ops.align)
+                raw = torch.cat([s.points for s in sweeps]) if n > 1 else sweeps[0].points
+                points, time = align_window(raw, [(t @ s.host.extrinsic).as_matrix() for t, s in zip(ref_T, sweeps)],
+                                            offsets, shift)
         src = source_sweep(n, flow_layout)
         source = sweeps[src]
         meta = SampleMeta(sequence_id=sequence_id, frame_id=source.frame_id, timestamp_ns=source.timestamp_ns,

@@ -112,6 +112,10 @@ def test_bad_time_and_batch_indices_raise(backend):
         voxelize(pts, np.array([0, 1, 3]), GEOM, backend=backend)
     with pytest.raises(ValueError, match="time index"):
         voxelize(pts, np.array([0, -1, 2]), GEOM, backend=backend)
+    # with a batch size the torch backend checks the ranges after voxelizing (one read-back): same errors
+    for time in ([0, 1, 3], [0, -1, 2], [2**40, 0, 0]):
+        with pytest.raises(ValueError, match=r"time index outside \[0, 3\)"):
+            voxelize(pts, np.array(time), GEOM, batch=np.zeros(3, np.int64), batch_size=1, backend=backend)
     with pytest.raises(ValueError, match="time must hold integer"):
         voxelize(pts, np.array([0.0, 1.0, 2.0]), GEOM, backend=backend)
     with pytest.raises(ValueError, match=r"time must have shape \(3,\)"):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from perception4d.ops.gather_conv import take_rows
 from perception4d.registry import MODELS
 
 #: AV2 dynamic threshold: 0.05 m per 0.1 s
@@ -53,9 +54,9 @@ class FlowHead(nn.Module):
         rows = batch.source_rows
         if voxel_features.shape[0] == 0:
             return batch.ego_flow.clone()
-        p2v = batch.sparse.point_to_voxel[rows]
+        p2v = take_rows(batch.sparse.point_to_voxel, rows)
         inside = p2v >= 0
-        feats = torch.cat([voxel_features[p2v.clamp(min=0)], point_features[rows]], dim=1)
+        feats = torch.cat([take_rows(voxel_features, p2v), take_rows(point_features, rows)], dim=1)
         residual = self.mlp(feats.to(self.mlp[0].weight.dtype)).float()
         return batch.ego_flow + torch.where(inside[:, None], residual, torch.zeros_like(residual))
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from perception4d.ops.gather_conv import take_rows
 from perception4d.registry import MODELS
 
 MOS_IGNORE, MOS_STATIC, MOS_MOVING = 0, 1, 2
@@ -58,7 +59,7 @@ class MosHead(nn.Module):
         if voxel_features.shape[0] == 0:
             return torch.zeros(p2v.shape[0], device=p2v.device)
         inside = p2v >= 0
-        feats = torch.cat([voxel_features[p2v.clamp(min=0)], point_features], dim=1)
+        feats = torch.cat([take_rows(voxel_features, p2v), point_features], dim=1)
         logits = self.mlp(feats.to(self.mlp[0].weight.dtype)).float()[:, 0]
         return torch.where(inside, logits, torch.zeros_like(logits))
 
