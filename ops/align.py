@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import torch
 
-from perception4d.ops.gather_conv import triton_available
+from perception4d.ops.gather_conv import triton_available, triton_launch
 
 
 def _table(transforms: list[np.ndarray], offsets: np.ndarray) -> torch.Tensor:
@@ -103,7 +103,7 @@ def align_window(points: torch.Tensor, transforms: list[np.ndarray], offsets: np
     time = torch.empty(points.shape[0], dtype=torch.int32, device=points.device)
     if points.shape[0]:
         block = 512
-        with torch.cuda.device(points.device):
+        with triton_launch(points.device):
             _kernel()[(-(-points.shape[0] // block),)](points, table, out, time, points.shape[0], n, int(time_shift),
                                                         C=points.shape[1], BLOCK=block, num_warps=4)
     return out, time

@@ -20,7 +20,9 @@ reading one row serialise on one cache line).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import torch
 
@@ -33,6 +35,19 @@ def gather_conv_torch(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tenso
     g = xs.index_select(0, table.reshape(-1)).view(k, n, -1).transpose(0, 1).reshape(n, -1)
     out = torch.addmm(bias, g, weight) if bias is not None else g @ weight
     return torch.relu_(out) if relu else out
+
+
+#: Triton compiles and loads a kernel lazily at its first launch on a device, without a lock of its own: two
+#: threads launching it first at once can see a half-loaded kernel (worker threads of the parallel runtime)
+_LAUNCH_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def triton_launch(device: torch.device):
+    """Context of every Triton launch: one launch at a time in the process, on ``device`` (Triton launches on
+    the current device)."""
+    with _LAUNCH_LOCK, torch.cuda.device(device):
+        yield
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,8 +126,7 @@ def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tens
 
     b = bias if bias is not None else weight  # unused pointer when there is no bias
     # tiles and pipelining picked per (offsets, channels) by Triton's autotuner at the first call (warm-up);
-    # Triton launches on the current device: make it the tensors' one
-    with torch.cuda.device(xs.device):
+    with triton_launch(xs.device):
         _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, xs.shape[0] - 1, CIN=cin,
                         COUT=cout, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
                         IEEE=xs.dtype == torch.float32)
@@ -152,7 +166,7 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None 
         out = torch.empty(idx.shape[0], c, dtype=src.dtype, device=src.device)
         if idx.shape[0]:
             block = max(16, min(256, 4096 // c))
-            with torch.cuda.device(src.device):  # Triton launches on the current device
+            with triton_launch(src.device):
                 _rows_kernel()[(-(-idx.shape[0] // block),)](
                     src, idx.contiguous(), bias if bias is not None else src, out, idx.shape[0], src.shape[0] - 1,
                     C=c, BLOCK_N=block, HAS_BIAS=bias is not None, RELU=relu, num_warps=4)
@@ -206,7 +220,7 @@ def take_rows(src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if idx.shape[0] and src.shape[0]:
             c_pad = 1 << (c - 1).bit_length()
             block = max(16, min(1024, 4096 // c_pad))
-            with torch.cuda.device(src.device):  # Triton launches on the current device
+            with triton_launch(src.device):
                 _take_kernel()[(-(-idx.shape[0] // block),)](src_c, idx.contiguous(), out, idx.shape[0], C=c,
                                                              C_PAD=c_pad, BLOCK_N=block, num_warps=4)
         elif idx.shape[0]:

@@ -45,7 +45,7 @@ def test_cuda_fp32_matches_the_offline_tool_and_amp_stays_close(frames):
 
 
 def test_cuda_out_of_memory_names_the_frame_and_the_predictor_recovers(frames):
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())  # the memory-fraction cap needs an index
     pred = Predictor(small_flow_spec(), device, warmup=WARMUP)
     assert pred.step(frames[0]).status == Status.OK
     assert pred.step(frames[1]).status == Status.OK
