@@ -5,7 +5,7 @@ model_sets = [
     dict(name="flow", config=None, checkpoint=_ckpt + "/flow_sparseunet_5f_sim.pth", device="cuda:0"),
     dict(name="mos", config=None, checkpoint=_ckpt + "/mos_sparseunet_11f_sim.pth", device="cuda:1"),
 ]
-workers = "thread"
+workers = "process"  # processes win on two GPUs (docs/benchmarks.md, Parallel perception)
 group = "device"
 amp = None
 mos_fusion = True

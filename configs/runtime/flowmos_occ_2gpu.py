@@ -7,7 +7,7 @@ model_sets = [
     dict(name="occupancy", config="{{ fileDirname }}/../occ_sparseunet_5f_sim.py", checkpoint=None,
          device="cuda:1"),
 ]
-workers = "thread"  # inline | thread | process (tools/benchmark.py parallel measures which wins)
+workers = "process"  # inline | thread | process: processes win on two GPUs (docs/benchmarks.md, Parallel perception)
 group = "device"
 amp = None  # fp16 autocast on CUDA
 mos_fusion = False

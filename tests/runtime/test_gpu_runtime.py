@@ -37,7 +37,7 @@ def test_cuda_fp32_matches_the_offline_tool_and_amp_stays_close(frames):
             continue
         sample = build_window_sample(Window(tuple(frames[max(0, k - 4):k + 1])), loaded.geometry, with_targets=False)
         offline = predict_samples(loaded, [sample])[0].flow
-        # the window is aligned on the device (cuBLAS float64): a few coordinates differ by one float32 ulp
+        # the window is aligned on the device (float64 kernel): a few coordinates differ by one float32 ulp
         np.testing.assert_allclose(a.flow.prediction.flow, offline.flow, atol=1e-3)
         assert np.abs(b.flow.prediction.flow - offline.flow).max() < 5e-2
         for t in (a.timings, b.timings):  # CUDA-event stage times

@@ -100,7 +100,7 @@ def test_runtime_configs_load_and_bad_fields_are_named(tmp_path):
         for m in rc.model_sets:
             assert Path(m.checkpoint or m.config).is_file()
     rc = load_runtime_config(CONFIGS / "runtime" / "flowmos_occ_2gpu.py")
-    assert [m.device for m in rc.model_sets] == ["cuda:0", "cuda:1"] and rc.workers == "thread"
+    assert [m.device for m in rc.model_sets] == ["cuda:0", "cuda:1"] and rc.workers == "process"
     cases = {"workers = 'fork'": "workers must be one of", "speed = 3": "unknown key(s) ['speed']",
              "max_in_flight = 0": "max_in_flight", "max_gap_s = -1": "max_gap_s"}
     for line, message in cases.items():
