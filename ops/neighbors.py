@@ -31,19 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from perception4d.ops.gather_conv import take_rows
-
-_CONSTANTS: dict = {}
-
-
-def device_constant(values: tuple[int, ...], device) -> torch.Tensor:
-    """An int64 tensor of ``values`` on ``device``, made once: a CUDA graph capture cannot copy from the host."""
-    device = torch.device(device)
-    key = (tuple(int(v) for v in values), device)
-    t = _CONSTANTS.get(key)
-    if t is None:
-        t = _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.int64, device=device)
-    return t
-
+from perception4d.utils.device import device_constant
 
 def kernel_offsets(kernel: tuple[int, int, int, int]) -> torch.Tensor:
     """(K, 4) integer offsets ``k - K // 2`` of a centred kernel, row-major (spconv's weight order)."""

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from perception4d.core.geometry import Geometry
+from perception4d.utils.device import device_constant
 
 COORD_ORDER = ("b", "x", "y", "z", "t")
-_CENTRE_CONSTANTS: dict = {}
 
 
 @dataclass
@@ -112,8 +112,6 @@ class SparseTensor4D:
 
     def voxel_centers(self) -> torch.Tensor:
         """(V, 3) metric centres of the voxels, float32, on the tensor's device."""
-        key = (self.geometry.voxel_size, tuple(self.geometry.point_range[:3]), self.device)
-        if key not in _CENTRE_CONSTANTS:  # uploaded once per grid and device
-            _CENTRE_CONSTANTS[key] = tuple(torch.tensor(v, device=self.device, dtype=torch.float32) for v in key[:2])
-        vs, lo = _CENTRE_CONSTANTS[key]
+        vs = device_constant(self.geometry.voxel_size, self.device, torch.float32)
+        lo = device_constant(self.geometry.point_range[:3], self.device, torch.float32)
         return (self.coords[:, 1:4].float() + 0.5) * vs + lo

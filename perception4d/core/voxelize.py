@@ -22,6 +22,7 @@ from perception4d.core.geometry import Geometry
 from perception4d.core.sparse import DropStats, SparseTensor4D
 from perception4d.core.window import AlignedWindow
 from perception4d.errors import WindowError
+from perception4d.utils.device import device_constant
 
 log = logging.getLogger("perception4d.voxelize")
 
@@ -48,18 +49,6 @@ def _index_array(a, name: str, n: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"voxelize: {name} must have shape ({n},) (one entry per point), "
                          f"got {tuple(t.shape)}")
     return t
-
-
-_BOUNDS: dict = {}
-
-
-def _bounds(lower, upper, voxel_size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 (3,) lower, upper and voxel size on ``device``, uploaded once per grid and device."""
-    key = (tuple(np.asarray(lower, np.float32).tolist()), tuple(np.asarray(upper, np.float32).tolist()),
-           tuple(np.asarray(voxel_size, np.float32).tolist()), device)
-    if key not in _BOUNDS:
-        _BOUNDS[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in key[:3])
-    return _BOUNDS[key]
 
 
 def _range_stats(time: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
@@ -146,7 +135,8 @@ def voxelize(points, time, geometry: Geometry, batch=None, batch_size: int | Non
     else:
         from perception4d.ops.voxelize_torch import voxelize_torch
 
-        res, ranges = voxelize_torch(pts, tm, bt, *_bounds(lower, upper, voxel_size, device), dims,
+        bounds = (device_constant(v, device, torch.float32) for v in (lower, upper, voxel_size))
+        res, ranges = voxelize_torch(pts, tm, bt, *bounds, dims,
                                      read_back=_range_stats(tm, bt) if deferred else None)
         if deferred:  # out-of-range indices made keys of other cells: the result is discarded
             _check_ranges(ranges, geometry.num_frames, nb)

@@ -47,6 +47,7 @@ from perception4d.core.labels import OCC_CLASSES, OCC_FREE, OCC_IGNORE
 from perception4d.errors import ConfigError
 from perception4d.ops.scatter import scatter_mean
 from perception4d.registry import MODELS
+from perception4d.utils.device import device_constant
 
 #: sensor position (ego frame, m) assumed when a sample's extrinsic does not give it (KITTI's mount height)
 DEFAULT_SENSOR_ORIGIN = (0.0, 0.0, 1.73)
@@ -96,9 +97,9 @@ def lovasz_softmax(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def voxel_cells(sparse, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, 3) int64 cell of ``geometry``'s grid holding each voxel centre of ``sparse``, and (V,) bool: inside it."""
     dev = sparse.coords.device
-    shape = torch.tensor(geometry.grid_shape, device=dev)
-    lower = torch.tensor(geometry.point_range[:3], device=dev, dtype=torch.float32)
-    size = torch.tensor(geometry.voxel_size, device=dev, dtype=torch.float32)
+    shape = device_constant(geometry.grid_shape, dev)
+    lower = device_constant(geometry.point_range[:3], dev, torch.float32)
+    size = device_constant(geometry.voxel_size, dev, torch.float32)
     idx = torch.floor((sparse.voxel_centers() - lower) / size).long()
     return idx, ((idx >= 0) & (idx < shape)).all(dim=1)
 
