@@ -3,7 +3,10 @@
 ``index`` holds the segment (voxel) row of each point, ``-1`` for points to
 ignore (the convention of ``SparseTensor4D.point_to_voxel``). Ignored points
 go to one extra scratch row that is cut off, so no boolean masking is needed.
-With ``check=True`` the index range is verified first (one device sync).
+With ``check=True`` the index range is verified first (one device sync);
+otherwise nothing here waits for the device (the counts of ``scatter_mean``
+are summed into a fixed-size tensor, not ``torch.bincount``, whose output
+size is read back from the device).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ def scatter_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int,
     """(num_segments, ...) mean of the rows of ``values`` per segment; empty segments are 0."""
     idx = _segment_index(values, index, num_segments, check)
     sums = values.new_zeros((num_segments + 1, *values.shape[1:])).index_add(0, idx, values)
-    counts = torch.bincount(idx, minlength=num_segments + 1).clamp(min=1).to(values.dtype)
+    # exact integers in float32 (up to 2^24 rows a segment), in any summation order
+    ones = torch.ones(idx.shape[0], dtype=torch.float32, device=idx.device)
+    counts = torch.zeros(num_segments + 1, dtype=torch.float32, device=idx.device).index_add_(0, idx, ones)
+    counts = counts.clamp(min=1).to(values.dtype)
     return (sums / _per_row(counts, values.ndim))[:num_segments]
 
 

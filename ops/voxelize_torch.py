@@ -1,8 +1,8 @@
 """Voxelization in pure torch ops, on whatever device the inputs live.
 
 Every point gets a linear int64 key (dropped points — non-finite, or outside
-the range — the one key ``prod(dims)``, beyond every voxel key); one sort of
-the keys, run starts and a prefix sum give each point its voxel row (sorted
+the range — the one key ``prod(dims)``, beyond every voxel key; sorted as
+int32 when that fits); one sort of the keys, run starts and a prefix sum give each point its voxel row (sorted
 keys, so the voxel order is the lexicographic ``(b, x, y, z, t)`` order) and
 one ``index_add_`` the float64 feature sums. No point is selected, so nothing
 waits for the device until the single read-back of the voxel count and the
@@ -15,9 +15,12 @@ matches the numba backend bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from perception4d.ops import VoxelArrays
+from perception4d.utils.device import device_constant
 
 
 def point_keys(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor | None,
@@ -32,7 +35,7 @@ def point_keys(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor | N
     keep = finite & inside
     drops = torch.stack([(finite & ~inside).sum(), (~finite).sum()])
     q = torch.floor((xyz - lower) / voxel_size).nan_to_num_(0.0, 0.0, 0.0).to(torch.int64)
-    hi = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.int64, device=points.device)
+    hi = device_constant((nx - 1, ny - 1, nz - 1), points.device)
     q = torch.minimum(q, hi)  # float32 rounding can land on the upper edge
     b = 0 if batch is None else batch.to(torch.int64)
     keys = (((b * nx + q[:, 0]) * ny + q[:, 1]) * nz + q[:, 2]) * nt + time.to(torch.int64)
@@ -67,6 +70,8 @@ def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor
     n, c = points.shape
     device = points.device
     keys, keep, drops = point_keys(points, time, batch, lower, upper, voxel_size, dims)
+    if math.prod(dims) < 2**31 - 1:  # the keys (and the dropped points' key) fit in 32 bits: half the sort passes
+        keys = keys.to(torch.int32)
     sorted_keys, order = torch.sort(keys)
     first = torch.ones(n, dtype=torch.bool, device=device)
     first[1:] = sorted_keys[1:] != sorted_keys[:-1]
@@ -78,7 +83,7 @@ def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor
     values = torch.cat([num_runs, drops, *extra]).tolist()  # the one synchronisation
     runs, n_oor, n_nf = values[:3]
     v = runs - (1 if n_oor + n_nf else 0)  # the dropped points' run is last
-    ukeys = torch.zeros(runs, dtype=torch.int64, device=device).scatter_(0, run, sorted_keys)[:v]
+    ukeys = torch.zeros(runs, dtype=keys.dtype, device=device).scatter_(0, run, sorted_keys)[:v].to(torch.int64)
     p2v = torch.where(keep, inverse, torch.full_like(inverse, -1))
     sums = torch.zeros((runs, c), dtype=torch.float64, device=device)
     sums.index_add_(0, inverse, points.to(torch.float64))

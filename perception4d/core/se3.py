@@ -65,12 +65,23 @@ class SE3:
         m[:3, 3] = self.translation
         return m
 
+    @classmethod
+    def _of_valid(cls, rotation: np.ndarray, translation: np.ndarray) -> "SE3":
+        """An SE3 of float64 arrays derived from valid transforms (inverse, product): not checked again (the
+        checks cost more than the product; a streaming step composes a few dozen transforms)."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "rotation", rotation)
+        object.__setattr__(out, "translation", translation)
+        return out
+
     def inverse(self) -> "SE3":
         rt = self.rotation.T
-        return SE3(rt, -rt @ self.translation)
+        return SE3._of_valid(rt, -rt @ self.translation)
 
     def __matmul__(self, other: "SE3") -> "SE3":
-        return SE3(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
+        if not isinstance(other, SE3):
+            raise TypeError(f"SE3 @ {type(other).__name__}: compose with an SE3 (points: transform_points)")
+        return SE3._of_valid(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
 
     def transform_points(self, xyz: np.ndarray) -> np.ndarray:
         """Apply to (N, 3) points; float32 input stays float32 (computed in float64)."""

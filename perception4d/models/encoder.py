@@ -65,5 +65,6 @@ class PointEncoder(nn.Module):
         else:
             out = self.mlp(raw.to(dtype))
             point_feats = torch.where((sparse.point_to_voxel >= 0)[:, None], out, torch.zeros_like(out)).to(dtype)
-        voxel_feats = scatter_mean(point_feats, sparse.point_to_voxel, sparse.num_voxels)
+        # the voxelizer's map: in range by construction (no check, which would wait for the device)
+        voxel_feats = scatter_mean(point_feats, sparse.point_to_voxel, sparse.num_voxels, check=False)
         return voxel_feats, point_feats

@@ -27,17 +27,16 @@ networks on CPU, and on CUDA in the GPU tests).
 
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from perception4d.models.backbone_spconv import UNetLevels
+from perception4d.models.cuda_graph import CAPTURE_LOCK
 from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
-#: one capture at a time in a process (thread workers on several GPUs share the interpreter)
-CAPTURE_LOCK = threading.RLock()
 
 SPACE = (3, 3, 3, 1)
 TIME = (1, 1, 1, 3)
@@ -142,6 +141,7 @@ class GatherUNet(UNetLevels, nn.Module):
         self.dec = nn.ModuleList(_Block(b) for b in fused.dec)
         self.cuda_graphs = cuda_graphs
         self._graphs: dict = {}  # device -> GraphedUNet
+        self._defer_checks = False
 
     def plan(self, coords: torch.Tensor, spatial_shape, batch_size: int, count=None, capacities=None) -> UNetPlan:
         """Neighbour tables of every level (see ``build_unet_plan`` for ``count`` / ``capacities``)."""
@@ -170,9 +170,25 @@ class GatherUNet(UNetLevels, nn.Module):
             runner = self._graphs.get(x.features.device)
             if runner is None:
                 runner = self._graphs[x.features.device] = GraphedUNet(self)
+                runner.defer_checks = self._defer_checks
             return x.replace_feature(runner(x.features, x.indices, x.spatial_shape, x.batch_size))
         plan = self.plan(x.indices, x.spatial_shape, x.batch_size)
         return x.replace_feature(self.execute(x.features, plan))
+
+    @property
+    def defer_checks(self) -> bool:
+        """CUDA-graph replays leave their capacity check to ``settle()`` (see ``GraphedUNet``)."""
+        return self._defer_checks
+
+    @defer_checks.setter
+    def defer_checks(self, value: bool) -> None:
+        self._defer_checks = bool(value)
+        for runner in self._graphs.values():
+            runner.defer_checks = self._defer_checks
+
+    def settle(self) -> bool:
+        """Check every replay deferred since the last call (``GraphedUNet.settle``); False: run the frame again."""
+        return all([runner.settle() for runner in self._graphs.values()])
 
     def __getstate__(self):  # copies (deepcopy, pickling) capture their own graphs
         state = self.__dict__.copy()
@@ -234,14 +250,30 @@ class _Capture:
         self.graph.replay()
 
 
+@dataclass
+class _Pending:
+    """A replay whose status was not read yet, with what growing its capture needs."""
+
+    key: tuple
+    cap: _Capture
+    features: torch.Tensor
+    coords: torch.Tensor
+    spatial_shape: tuple
+    batch_size: int
+    amp: bool
+
+
 class GraphedUNet:
     """Runs a ``GatherUNet`` on CUDA as one CUDA-graph replay per frame (plan and execute).
 
     Tensors are allocated at capacities: level 0 rounded up from the frame's voxels, coarser levels from
     the sizes seen so far, each with ``margin``. A frame that does not fit (more voxels, or a coarser level
     overflowing, reported by the plan itself) grows the capacities and is captured again; one capture is
-    kept per (grid, batch, dtype, autocast). Each frame costs one small host synchronisation (the overflow
-    flag and the level sizes). Capacities also shrink: after ``shrink_after`` frames in a row that would fit
+    kept per (grid, batch, dtype, autocast). Each frame costs one small read-back (the overflow flag and the
+    level sizes), right after the replay, or, with ``defer_checks``, at ``settle()`` (the streaming predictor
+    settles after the step's one synchronisation, when the read-back no longer waits: a replay that
+    overflowed returns False there, its output is wrong and the frame has to run again, on the grown
+    capture). Capacities also shrink: after ``shrink_after`` frames in a row that would fit
     in less than half of some level's capacity (a warm-up on a denser synthetic cloud, a change of scene),
     the graph is captured again at the largest sizes of those frames. If capturing fails, the engine runs
     eagerly (logged once).
@@ -256,6 +288,8 @@ class GraphedUNet:
         self._small: dict = {}  # key -> level sizes of the recent frames that would fit in half the capacities
         self.captures_made = 0
         self.disabled_reason: str | None = None
+        self.defer_checks = False
+        self.pending: _Pending | None = None  # the last replay, unchecked (``defer_checks``)
 
     def _capacities(self, counts: list[int], old: tuple[int, ...] | None) -> tuple[int, ...]:
         caps = tuple(_round_up(c * self.margin, self.quantum if i == 0 else max(self.quantum // 8, 64))
@@ -289,7 +323,29 @@ class GraphedUNet:
     def _eager(self, features, coords, spatial_shape, batch_size) -> torch.Tensor:
         return self.engine.execute(features, self.engine.plan(coords, spatial_shape, batch_size))
 
+    def _check(self, p: _Pending) -> bool:
+        """Read the replay's status: True if it fitted; else the capture grows to this frame's exact sizes."""
+        with torch.cuda.device(p.features.device):
+            overflow, *counts = p.cap.status.tolist()
+            if overflow:  # a coarser level outgrew its capacity
+                counts = self.engine.plan(p.coords, p.spatial_shape, p.batch_size).counts.tolist()
+                self._capture(p.key, p.features, p.spatial_shape, p.batch_size, counts, p.amp)
+                return False
+            self._track_small(p.key, p.cap, counts, p.features, p.spatial_shape, p.batch_size, p.amp)
+            return True
+
+    def settle(self) -> bool:
+        """Check the last replay left unchecked by ``defer_checks``: False if it overflowed (its output is wrong;
+        the capture has grown, so running the same frame again fits). True when nothing is pending."""
+        p, self.pending = self.pending, None
+        return True if p is None else self._check(p)
+
     def __call__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
+        if self.pending is not None and not self.settle():  # a caller deferred and did not settle
+            import logging
+
+            logging.getLogger("perception4d.models").warning(
+                "GraphedUNet: an unsettled replay had overflowed its capacities; its output was wrong")
         if self.disabled_reason is not None:
             return self._eager(features, coords, spatial_shape, batch_size)
         amp = torch.is_autocast_enabled("cuda")
@@ -302,13 +358,12 @@ class GraphedUNet:
                     counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
                     cap = self._capture(key, features, spatial_shape, batch_size, counts, amp)
                 cap.replay(features, coords)
-                overflow, *counts = cap.status.tolist()
-                if overflow:  # a coarser level outgrew its capacity: grow to this frame's exact sizes
-                    counts = self.engine.plan(coords, spatial_shape, batch_size).counts.tolist()
-                    cap = self._capture(key, features, spatial_shape, batch_size, counts, amp)
+                pending = _Pending(key, cap, features, coords, spatial_shape, batch_size, amp)
+                if self.defer_checks:
+                    self.pending = pending
+                elif not self._check(pending):  # grown to this frame's exact sizes: replay once more
+                    cap = self._captures[key]
                     cap.replay(features, coords)
-                else:
-                    self._track_small(key, cap, counts, features, spatial_shape, batch_size, amp)
                 return cap.out[:n].clone()
         except RuntimeError as exc:  # capture not supported here: stay correct, run eagerly
             import logging

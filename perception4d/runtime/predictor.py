@@ -232,9 +232,10 @@ class HostCopies:
         self.buffers.clear()
 
     def take(self, view: torch.Tensor, dtype=None) -> np.ndarray:
+        if self.cuda:  # torch's host copy (split over its threads: an occupancy grid's velocities are ~8 MB)
+            want = view.dtype if dtype is None else torch.from_numpy(np.empty(0, dtype)).dtype
+            return torch.empty(view.shape, dtype=want).copy_(view).numpy()  # pageable: results do not pin memory
         a = view.numpy()
-        if self.cuda:
-            return np.array(a, dtype=dtype)
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
 
 
@@ -294,6 +295,10 @@ class Predictor:
         self.fused = self.device.type == "cuda" if fuse is None else bool(fuse)
         if self.fused:
             self.loaded = replace(self.loaded, model=fuse_for_inference(self.loaded.model, engine=engine))
+            # the engine's CUDA-graph capacity check waits until the step's one synchronisation (``finish``)
+            backbone = self.loaded.model.backbone
+            if hasattr(backbone, "settle"):
+                backbone.defer_checks = True
         self.name = self.loaded.name
         self.geometry = self.loaded.geometry
         self.tasks = self.loaded.tasks
@@ -394,6 +399,12 @@ class Predictor:
         result = step.result
         try:
             self.copies.wait()  # every output is on the host after it
+            if not self._settle():  # the engine's graph outgrew its capacities: the window once more, grown
+                self.timer.reset()
+                step.asm, step.staged = self._forward(self.ring)
+                self.copies.wait()
+                if not self._settle():
+                    raise RuntimeError(f"{self.name}: the sparse engine overflowed twice on one window")
             t_out = time.perf_counter()
             self._outputs(result, step.asm, step.staged)
             self.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
@@ -559,6 +570,11 @@ class Predictor:
         if occ is not None:
             result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, occ)
 
+    def _settle(self) -> bool:
+        """The backbone's deferred checks of this step (``GatherUNet.settle``); False: the step must run again."""
+        settle = getattr(self.loaded.model.backbone, "settle", None)
+        return True if settle is None else settle()
+
     def _fused(self, f) -> FusedMosOutput:
         frame_id, ts = self._scans.pop(f.scan_id)
         return FusedMosOutput(frame_id, ts, f.fused, f.online, f.num_predictions)
@@ -577,6 +593,7 @@ class Predictor:
             if k >= first:
                 self._forward(ring)  # the outputs' copies too (their buffers); the results are not built
                 self.copies.wait()
+                self._settle()  # an overflow grows the capture here, before the first real frame
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timer.reset()

@@ -52,6 +52,7 @@ from perception4d.datasets.sample import (INPUT_COLUMNS, SampleMeta, WindowSampl
 from perception4d.errors import ConfigError
 from perception4d.models.preprocessor import BatchedWindows, assemble_batch
 from perception4d.ops.align import align_window
+from perception4d.ops.stage_numba import EGO_IDENTITY, EGO_TRANSLATION, stage_rows
 from perception4d.utils.timing import NullTimer
 
 
@@ -93,15 +94,24 @@ class HostSweep:
             self.slot.uploads.append(event)
 
 
-def gather_columns(frame: Frame, names: tuple[str, ...], out: np.ndarray) -> None:
-    """``Frame.select_columns(names)`` written into ``out`` ((N, len(names)) float32), column by column."""
-    for j, name in enumerate(names):
+def column_sources(frame: Frame, names: tuple[str, ...]) -> list[int]:
+    """The column of ``frame`` holding each of ``names``; -1 for an absent column filled with zeros
+    (intensity, time offset); any other absent column raises ``KeyError`` naming the frame."""
+    out = []
+    for name in names:
         if name in frame.columns:
-            out[:, j] = frame.points[:, frame.columns.index(name)]
+            out.append(frame.columns.index(name))
         elif name in ("intensity", "time_offset"):
-            out[:, j] = 0.0
+            out.append(-1)
         else:
             raise KeyError(f"{frame.source or frame.frame_id or 'frame'} has no point column {name!r}")
+    return out
+
+
+def gather_columns(frame: Frame, names: tuple[str, ...], out: np.ndarray) -> None:
+    """``Frame.select_columns(names)`` written into ``out`` ((N, len(names)) float32), column by column."""
+    for j, k in enumerate(column_sources(frame, names)):
+        out[:, j] = frame.points[:, k] if k >= 0 else 0.0
 
 
 def is_identity(transform: SE3) -> bool:
@@ -114,29 +124,38 @@ def fill_host_arrays(frame: Frame, columns: tuple[str, ...], cols: np.ndarray, e
 
     ``ego`` holds exactly ``Frame.xyz_in_ego()`` (``SE3.transform_points``: float32 -> float64, the rotation
     product, the translation, rounded to float32). With ``scratch`` (N -> a (2, >= N, 3) float64 buffer) the same
-    arithmetic runs column by column into reused buffers (numpy's loops over rows of three are slow); a translation-only
-    extrinsic skips the product when every coordinate is finite (multiplying by the identity's ones and zeros
-    is exact there; a NaN or infinity would spread to the row's other coordinates through the zeros).
+    arithmetic runs into reused buffers: the columns, and the ego points of an identity or translation-only
+    extrinsic, in one pass over the rows (``perception4d.ops.stage_numba``); a translation-only extrinsic skips
+    the product when every coordinate is finite (multiplying by the identity's ones and zeros is exact there; a
+    NaN or infinity would spread to the row's other coordinates through the zeros); a rotation runs the product
+    in float64 into the scratch buffer (numpy's loops over rows of three are slow).
     """
-    gather_columns(frame, columns, cols)
     e = frame.extrinsic
     pts = frame.points  # x, y, z are its first three columns
+    if scratch is not None:
+        identity = is_identity(e)
+        t = e.translation
+        # (a translation component of -0.0 would keep the sign of a -0.0 coordinate that the product makes +0.0)
+        translation_only = (not identity and np.array_equal(e.rotation, np.eye(3))
+                            and not np.any((t == 0) & np.signbit(t)))
+        non_finite_xyz = stage_rows(pts, column_sources(frame, columns), t,
+                                    EGO_TRANSLATION if translation_only else EGO_IDENTITY, cols, ego)
+        if identity or (translation_only and non_finite_xyz == 0):
+            return
+        _product_into(frame, ego, scratch)
+        return
+    gather_columns(frame, columns, cols)
     if is_identity(e):  # transform_points would return the same float32 values
         for j in range(3):
             ego[:, j] = pts[:, j]
         return
-    if scratch is None:
-        ego[:] = frame.xyz_in_ego()
-        return
+    ego[:] = frame.xyz_in_ego()
+
+
+def _product_into(frame: Frame, ego: np.ndarray, scratch: Callable[[int], np.ndarray]) -> None:
+    """``Frame.xyz_in_ego()``'s arithmetic (float64 rotation product, translation, float32) into ``ego``."""
+    e, pts = frame.extrinsic, frame.points
     t = e.translation
-    # (a translation component of -0.0 would keep the sign of a -0.0 coordinate that the product makes +0.0)
-    if np.array_equal(e.rotation, np.eye(3)) and not np.any((t == 0) & np.signbit(t)):
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite(sum(float(np.add.reduce(pts[:, j])) for j in range(3)))
-        if finite:
-            for j in range(3):
-                np.add(pts[:, j], t[j], out=ego[:, j], dtype=np.float64, casting="same_kind")
-            return
     n = frame.num_points
     buffer = scratch(n)
     x64, y64 = buffer[0, :n], buffer[1, :n]

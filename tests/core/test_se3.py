@@ -27,6 +27,12 @@ def test_inverse_and_composition(yaw, pitch, roll, t, yaw2, t2):
     np.testing.assert_allclose((a @ b).transform_points(pts), a.transform_points(b.transform_points(pts)),
                                atol=1e-8)
     np.testing.assert_allclose((a @ b).as_matrix(), a.as_matrix() @ b.as_matrix(), atol=1e-9)
+    for derived in (a @ b, a.inverse(), (a @ b).inverse() @ a):  # not re-checked, but what the checks accept
+        again = SE3(derived.rotation, derived.translation)
+        assert derived.rotation.dtype == np.float64 and derived.translation.shape == (3,)
+        np.testing.assert_array_equal(again.as_matrix(), derived.as_matrix())
+    with pytest.raises(TypeError):
+        a @ pts  # products are of transforms only (points: transform_points)
 
 
 @settings(max_examples=40, deadline=None)

@@ -166,3 +166,24 @@ def test_cuda_graphs_on_two_devices_of_one_process():
             eager = engine.execute(x.features, engine.plan(x.indices, shape, 1))
         assert runner.disabled_reason is None, runner.disabled_reason
         torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_deferred_capacity_check_reports_the_overflow_and_the_frame_fits_when_run_again():
+    engine = GatherUNet(fuse_backbone(_random_backbone())).cuda()
+    runner = GraphedUNet(engine, quantum=1024, margin=1.0)
+    runner.defer_checks = True
+    shape = (64, 64, 8, 3)
+    dense_low = _input(0, 9000, (64, 64, 2, 3), batch=1, device="cuda")  # few coarse voxels
+    spread = _input(1, 7000, shape, batch=1, device="cuda")  # fewer voxels, many more coarse voxels
+    with torch.no_grad():
+        runner(dense_low.features, dense_low.indices, shape, 1)
+        assert runner.settle() and runner.pending is None
+        runner(spread.features, spread.indices, shape, 1)  # overflows a coarse level: its output is wrong
+        assert runner.settle() is False and runner.captures_made == 2  # grown to this frame's sizes
+        out = runner(spread.features, spread.indices, shape, 1)
+        assert runner.settle()
+        eager = engine.execute(spread.features, engine.plan(spread.indices, shape, 1))
+    assert runner.captures_made == 2
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    assert runner.settle()  # nothing pending: True

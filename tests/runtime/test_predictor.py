@@ -151,3 +151,32 @@ def test_fused_predictor_matches_the_unfused_one(flow_loaded, frames, engine):
             np.testing.assert_allclose(b.flow.prediction.flow, a.flow.prediction.flow, atol=1e-4)
     with pytest.raises(ConfigError, match="engine 'tensorrt'"):
         Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, engine="tensorrt")
+
+
+def test_a_step_whose_engine_capacity_check_fails_runs_its_window_again(flow_loaded, frames, monkeypatch):
+    """The engine's CUDA-graph capacity check is deferred to the step's synchronisation (``GatherUNet.settle``);
+    a failed check (a coarser level overflowed: that output is wrong) runs the window once more."""
+    ref = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, fuse=True, engine="gather")
+    pred = Predictor(flow_loaded, "cpu", warmup=NO_WARMUP, fuse=True, engine="gather")
+    backbone = pred.loaded.model.backbone
+    assert backbone.defer_checks and flow_loaded.model.backbone is not backbone
+    calls, verdicts = [], iter([False, True])
+    forward = pred._forward
+
+    def counting_forward(ring):
+        calls.append(len(ring))
+        return forward(ring)
+
+    monkeypatch.setattr(pred, "_forward", counting_forward)
+    for f in frames[:2]:
+        want = ref.step(f)
+        if want.flow is None:
+            assert pred.step(f).flow is None
+            continue
+        monkeypatch.setattr(backbone, "settle", lambda: next(verdicts))
+        got = pred.step(f)
+        assert got.status == Status.OK and len(calls) == 2  # launched, checked, launched again
+        np.testing.assert_array_equal(got.flow.prediction.flow, want.flow.prediction.flow)
+    monkeypatch.setattr(backbone, "settle", lambda: False)  # never fits: an error, not a wrong result
+    with pytest.raises(RuntimeError, match="overflowed twice"):
+        pred.step(frames[2])
