@@ -27,16 +27,18 @@ networks on CPU, and on CUDA in the GPU tests).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from perception4d.models.backbone_spconv import UNetLevels
-from perception4d.models.cuda_graph import CAPTURE_LOCK
 from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
 
+#: one capture at a time in a process (thread workers on several GPUs share the interpreter)
+CAPTURE_LOCK = threading.RLock()
 
 SPACE = (3, 3, 3, 1)
 TIME = (1, 1, 1, 3)

@@ -214,8 +214,7 @@ def fuse_for_inference(model: nn.Module, engine: str = "auto", cuda_graphs: bool
     ``"auto"``: gather when the model's parameters are on a CUDA device, spconv otherwise (spconv's CPU path
     is faster there; see docs/benchmarks.md). The dense occupancy head's BatchNorms are folded into its 3D
     convolutions (``fuse_dense_convs``); other backbones and heads are copied unchanged. ``cuda_graphs``: on a
-    GPU, the gather engine's plan + execute and the dense occupancy decoder each run as one CUDA-graph replay
-    a frame. The copy refuses ``.train()``.
+    GPU, the gather engine's plan + execute run as one CUDA-graph replay a frame. The copy refuses ``.train()``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
@@ -227,7 +226,6 @@ def fuse_for_inference(model: nn.Module, engine: str = "auto", cuda_graphs: bool
     for head in fused.heads.values():
         if isinstance(head, OccupancyHead):
             fuse_dense_convs(head)
-            head.enable_cuda_graphs(cuda_graphs)
     if isinstance(fused.backbone, SparseUNet4D):
         fuse_backbone(fused.backbone)
         on_cuda = next(fused.backbone.parameters()).is_cuda

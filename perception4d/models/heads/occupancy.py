@@ -189,7 +189,6 @@ class OccupancyHead(OccupancyLossSettings, nn.Module):
                                      nn.ReLU(inplace=True))
         self.refine = _block(c[0] + (2 if self.fine_evidence else 0), c[0])
         self.out = nn.Conv3d(c[0], self.num_classes + 3, 1)
-        self._graphed = None  # GraphedCall of the decoder (enable_cuda_graphs)
 
     # pooling -----------------------------------------------------------------
     def _pool(self, values: torch.Tensor, batch, geometry: Geometry) -> torch.Tensor:
@@ -207,16 +206,7 @@ class OccupancyHead(OccupancyLossSettings, nn.Module):
 
     def forward(self, voxel_features: torch.Tensor, point_features: torch.Tensor, batch) -> OccupancyOutput:
         dtype = self.stem[0][0].weight.dtype
-        inputs = [self._pool(voxel_features, batch, self.coarse).to(dtype)]
-        if self.fine_evidence:
-            inputs.append(self._pool(voxel_features.new_zeros(voxel_features.shape[0], 0), batch, self.grid))
-        decode = self._decode if self._graphed is None or self.training else self._graphed
-        y = decode(*inputs).float()
-        return OccupancyOutput(logits=y[:, :self.num_classes], velocity=y[:, self.num_classes:])
-
-    def _decode(self, coarse: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
-        """The dense decoder: pooled coarse grid (and fine evidence) -> (B, K + 3, X, Y, Z) logits and velocity."""
-        x = self.stem(coarse)
+        x = self.stem(self._pool(voxel_features, batch, self.coarse).to(dtype))
         skips = []
         for down in self.down:
             skips.append(x)
@@ -226,22 +216,11 @@ class OccupancyHead(OccupancyLossSettings, nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))
         x = self.to_full(x)
-        if fine is not None:
-            x = torch.cat([x, fine.to(x.dtype)], dim=1)
-        return self.out(self.refine(x))
-
-    # inference -----------------------------------------------------------------
-    def enable_cuda_graphs(self, enabled: bool = True) -> None:
-        """Run the dense decoder as one CUDA-graph replay at inference on a GPU (its input shapes never change:
-        the grid's). ``fuse_for_inference`` turns it on."""
-        from perception4d.models.cuda_graph import GraphedCall
-
-        self._graphed = GraphedCall(self._decode, "the occupancy decoder") if enabled else None
-
-    def _apply(self, fn, recurse=True):
-        if self._graphed is not None:  # captured graphs hold the old parameters
-            self._graphed.reset()
-        return super()._apply(fn, recurse)
+        if self.fine_evidence:
+            empty_feats = voxel_features.new_zeros(voxel_features.shape[0], 0)
+            x = torch.cat([x, self._pool(empty_feats, batch, self.grid).to(x.dtype)], dim=1)
+        y = self.out(self.refine(x)).float()
+        return OccupancyOutput(logits=y[:, :self.num_classes], velocity=y[:, self.num_classes:])
 
     # loss ----------------------------------------------------------------------
     def supervised(self, targets) -> torch.Tensor:
