@@ -232,10 +232,9 @@ class HostCopies:
         self.buffers.clear()
 
     def take(self, view: torch.Tensor, dtype=None) -> np.ndarray:
-        if self.cuda:  # torch's host copy (split over its threads: an occupancy grid's velocities are ~8 MB)
-            want = view.dtype if dtype is None else torch.from_numpy(np.empty(0, dtype)).dtype
-            return torch.empty(view.shape, dtype=want).copy_(view).numpy()  # pageable: results do not pin memory
         a = view.numpy()
+        if self.cuda:  # one thread's copy: torch's threaded one stalls when worker processes share the cores
+            return np.array(a, dtype=dtype)
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
 
 
