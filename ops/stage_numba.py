@@ -1,19 +1,14 @@
 """Host preparation of a sweep in one pass over its rows (numba).
 
 A sweep arrives as an (N, C) float32 array with named columns. Before it is
-uploaded, the runtime counts its rows with a non-finite input value, copies
-the input columns into a staging buffer and computes the points in the ego
-frame. numpy does each of those column by column (strided passes over the
-whole array, a dozen per sweep); these kernels do them in one pass each,
-with the same arithmetic:
-
-* ``count_non_finite_rows``: rows with a NaN or infinity in any of the given
-  columns;
-* ``stage_rows``: the input columns (a source column index per output column,
-  -1 for a column of zeros) and the ego points for an identity extrinsic (the
-  sensor coordinates themselves) or a translation-only one (float64 sum of
-  the float32 coordinate and the translation, rounded to float32: numpy's
-  ``np.add(x, t, dtype=float64)`` into a float32 array).
+uploaded, the runtime copies its input columns into a staging buffer and
+computes its points in the ego frame. numpy does both column by column
+(strided passes over the whole array); ``stage_rows`` does them in one pass
+over the rows, with the same arithmetic: the input columns (a source column
+index per output column, -1 for a column of zeros) and the ego points for an
+identity extrinsic (the sensor coordinates themselves) or a translation-only
+one (float64 sum of the float32 coordinate and the translation, rounded to
+float32: numpy's ``np.add(x, t, dtype=float64)`` into a float32 array).
 
 Single-threaded and holding the GIL (several Python threads may stage at once).
 """
@@ -27,17 +22,6 @@ from perception4d.ops.voxelize_numba import _jit
 #: ``stage_rows`` ego modes
 EGO_IDENTITY = 0
 EGO_TRANSLATION = 1
-
-
-@_jit()
-def _count_non_finite_rows(points, columns):
-    bad = 0
-    for i in range(points.shape[0]):
-        for j in columns:
-            if not np.isfinite(points[i, j]):
-                bad += 1
-                break
-    return bad
 
 
 @_jit()
@@ -57,14 +41,6 @@ def _stage_rows(points, sources, translation, mode, out_columns, out_ego):
             out_ego[i, 1] = np.float32(np.float64(y) + translation[1])
             out_ego[i, 2] = np.float32(np.float64(z) + translation[2])
     return non_finite_xyz
-
-
-def count_non_finite_rows(points: np.ndarray, columns) -> int:
-    """Rows of the (N, C) float32 ``points`` with a non-finite value in one of ``columns`` (indices)."""
-    cols = np.asarray(columns, dtype=np.int64)
-    if points.shape[0] == 0 or cols.size == 0:
-        return 0
-    return int(_count_non_finite_rows(points, cols))
 
 
 def stage_rows(points: np.ndarray, sources, translation, mode: int, out_columns: np.ndarray,

@@ -121,14 +121,25 @@ class Frame:
     def xyz_in_ego(self) -> np.ndarray:
         return self.extrinsic.transform_points(self.xyz)
 
+    def column_sources(self, names: tuple[str, ...]) -> list[int]:
+        """The point column holding each of ``names``; -1 for a missing 'intensity' or 'time_offset' column
+        (filled with zeros); any other missing column raises ``KeyError`` naming the frame."""
+        out = []
+        for name in names:
+            if name in self.columns:
+                out.append(self.columns.index(name))
+            elif name in ("intensity", "time_offset"):
+                out.append(-1)
+            else:
+                raise KeyError(f"{self.source or self.frame_id or 'frame'} has no point column {name!r}")
+        return out
+
     def select_columns(self, names: tuple[str, ...]) -> np.ndarray:
         """(N, len(names)) float32; a missing 'intensity' or 'time_offset' column is filled with zeros."""
         out = np.zeros((self.num_points, len(names)), dtype=np.float32)
-        for j, name in enumerate(names):
-            if name in self.columns:
-                out[:, j] = self.points[:, self.columns.index(name)]
-            elif name not in ("intensity", "time_offset"):
-                raise KeyError(f"{self.source or self.frame_id or 'frame'} has no point column {name!r}")
+        for j, k in enumerate(self.column_sources(names)):
+            if k >= 0:
+                out[:, j] = self.points[:, k]
         return out
 
     def subset(self, mask_or_index: np.ndarray) -> "Frame":

@@ -27,6 +27,7 @@ networks on CPU, and on CUDA in the GPU tests).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from torch import nn
 from perception4d.models.backbone_spconv import UNetLevels
 from perception4d.ops.gather_conv import gather_conv, gather_rows
 from perception4d.ops.neighbors import UNetPlan, build_unet_plan
+
+log = logging.getLogger("perception4d.models")
 
 #: one capture at a time in a process (thread workers on several GPUs share the interpreter)
 CAPTURE_LOCK = threading.RLock()
@@ -344,10 +347,7 @@ class GraphedUNet:
 
     def __call__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape, batch_size: int) -> torch.Tensor:
         if self.pending is not None and not self.settle():  # a caller deferred and did not settle
-            import logging
-
-            logging.getLogger("perception4d.models").warning(
-                "GraphedUNet: an unsettled replay had overflowed its capacities; its output was wrong")
+            log.warning("GraphedUNet: an unsettled replay had overflowed its capacities; its output was wrong")
         if self.disabled_reason is not None:
             return self._eager(features, coords, spatial_shape, batch_size)
         amp = torch.is_autocast_enabled("cuda")
@@ -368,10 +368,8 @@ class GraphedUNet:
                     cap.replay(features, coords)
                 return cap.out[:n].clone()
         except RuntimeError as exc:  # capture not supported here: stay correct, run eagerly
-            import logging
-
             self.disabled_reason = f"{type(exc).__name__}: {exc}"
             self._captures.clear()
-            logging.getLogger("perception4d.models").warning(
+            log.warning(
                 "CUDA graph capture of the sparse U-Net failed (%s); running it eagerly", self.disabled_reason)
             return self._eager(features, coords, spatial_shape, batch_size)

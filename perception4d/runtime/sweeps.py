@@ -94,26 +94,6 @@ class HostSweep:
             self.slot.uploads.append(event)
 
 
-def column_sources(frame: Frame, names: tuple[str, ...]) -> list[int]:
-    """The column of ``frame`` holding each of ``names``; -1 for an absent column filled with zeros
-    (intensity, time offset); any other absent column raises ``KeyError`` naming the frame."""
-    out = []
-    for name in names:
-        if name in frame.columns:
-            out.append(frame.columns.index(name))
-        elif name in ("intensity", "time_offset"):
-            out.append(-1)
-        else:
-            raise KeyError(f"{frame.source or frame.frame_id or 'frame'} has no point column {name!r}")
-    return out
-
-
-def gather_columns(frame: Frame, names: tuple[str, ...], out: np.ndarray) -> None:
-    """``Frame.select_columns(names)`` written into ``out`` ((N, len(names)) float32), column by column."""
-    for j, k in enumerate(column_sources(frame, names)):
-        out[:, j] = frame.points[:, k] if k >= 0 else 0.0
-
-
 def is_identity(transform: SE3) -> bool:
     return bool(np.array_equal(transform.rotation, np.eye(3)) and not np.any(transform.translation))
 
@@ -123,33 +103,24 @@ def fill_host_arrays(frame: Frame, columns: tuple[str, ...], cols: np.ndarray, e
     """The input columns of ``frame`` into ``cols`` and its points in its ego frame into ``ego``.
 
     ``ego`` holds exactly ``Frame.xyz_in_ego()`` (``SE3.transform_points``: float32 -> float64, the rotation
-    product, the translation, rounded to float32). With ``scratch`` (N -> a (2, >= N, 3) float64 buffer) the same
-    arithmetic runs into reused buffers: the columns, and the ego points of an identity or translation-only
-    extrinsic, in one pass over the rows (``perception4d.ops.stage_numba``); a translation-only extrinsic skips
-    the product when every coordinate is finite (multiplying by the identity's ones and zeros is exact there; a
-    NaN or infinity would spread to the row's other coordinates through the zeros); a rotation runs the product
-    in float64 into the scratch buffer (numpy's loops over rows of three are slow).
+    product, the translation, rounded to float32). The columns, and the ego points of an identity or
+    translation-only extrinsic, are written in one pass over the rows (``perception4d.ops.stage_numba``); a
+    translation-only extrinsic skips the product when every coordinate is finite (multiplying by the identity's
+    ones and zeros is exact there; a NaN or infinity would spread to the row's other coordinates through the
+    zeros); otherwise the product runs in float64 in ``scratch(N)``, a (2, >= N, 3) float64 buffer (reused by
+    a pool; None: allocated for this call).
     """
     e = frame.extrinsic
-    pts = frame.points  # x, y, z are its first three columns
-    if scratch is not None:
-        identity = is_identity(e)
-        t = e.translation
-        # (a translation component of -0.0 would keep the sign of a -0.0 coordinate that the product makes +0.0)
-        translation_only = (not identity and np.array_equal(e.rotation, np.eye(3))
-                            and not np.any((t == 0) & np.signbit(t)))
-        non_finite_xyz = stage_rows(pts, column_sources(frame, columns), t,
-                                    EGO_TRANSLATION if translation_only else EGO_IDENTITY, cols, ego)
-        if identity or (translation_only and non_finite_xyz == 0):
-            return
-        _product_into(frame, ego, scratch)
+    identity = is_identity(e)
+    t = e.translation
+    # (a translation component of -0.0 would keep the sign of a -0.0 coordinate that the product makes +0.0)
+    translation_only = (not identity and np.array_equal(e.rotation, np.eye(3))
+                        and not np.any((t == 0) & np.signbit(t)))
+    non_finite_xyz = stage_rows(frame.points, frame.column_sources(columns), t,
+                                EGO_TRANSLATION if translation_only else EGO_IDENTITY, cols, ego)
+    if identity or (translation_only and non_finite_xyz == 0):
         return
-    gather_columns(frame, columns, cols)
-    if is_identity(e):  # transform_points would return the same float32 values
-        for j in range(3):
-            ego[:, j] = pts[:, j]
-        return
-    ego[:] = frame.xyz_in_ego()
+    _product_into(frame, ego, scratch or (lambda n: np.empty((2, n, 3), np.float64)))
 
 
 def _product_into(frame: Frame, ego: np.ndarray, scratch: Callable[[int], np.ndarray]) -> None:
