@@ -79,13 +79,16 @@ def _kernel():
 
 
 def align_window(points: torch.Tensor, transforms: list[np.ndarray], offsets: np.ndarray,
-                 time_shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 time_shift: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The window's points in the reference frame and their time indices.
 
     ``points`` (P, C) float32, x, y, z first, every sweep's points in its own frame, sweep ``k`` at rows
     ``offsets[k]:offsets[k + 1]``; ``transforms[k]`` (4x4 or 3x4, float64) maps sweep ``k`` into the
     reference frame. Returns (P, C) float32 (x, y, z mapped, the rest copied) and (P,) int32 time indices
-    ``time_shift + k``. One kernel on CUDA with Triton; ``align_window_torch`` elsewhere.
+    ``time_shift + k``. One kernel on CUDA with Triton; ``align_window_torch`` elsewhere. ``out``: (points,
+    time) tensors of those shapes and dtypes on the points' device to write into (views of larger buffers
+    work: the streaming step's CUDA graph reads the window from fixed addresses); they are returned.
     """
     offsets = np.asarray(offsets, np.int64)
     n = len(transforms)
@@ -94,13 +97,27 @@ def align_window(points: torch.Tensor, transforms: list[np.ndarray], offsets: np
                          f"{offsets.tolist()}")
     if points.dim() != 2 or points.shape[1] < 3 or points.dtype != torch.float32:
         raise ValueError(f"align_window: points must be (P, C >= 3) float32, got {tuple(points.shape)} {points.dtype}")
+    if out is not None:
+        o, t = out
+        if (o.shape != points.shape or o.dtype != torch.float32 or not o.is_contiguous() or t.shape != points.shape[:1]
+                or t.dtype != torch.int32 or not t.is_contiguous() or o.device != points.device
+                or t.device != points.device):
+            raise ValueError(f"align_window: out must be contiguous ({tuple(points.shape)}) float32 and "
+                             f"({points.shape[0]},) int32 tensors on {points.device}")
     if not (points.is_cuda and triton_available()) or n == 0:
-        return align_window_torch(points, transforms, offsets, time_shift)
+        aligned, time = align_window_torch(points, transforms, offsets, time_shift)
+        if out is None:
+            return aligned, time
+        out[0].copy_(aligned)
+        out[1].copy_(time)
+        return out
     points = points.contiguous()
     table = _table(transforms, offsets)
     table = table.pin_memory().to(points.device, non_blocking=True)
-    out = torch.empty_like(points)
-    time = torch.empty(points.shape[0], dtype=torch.int32, device=points.device)
+    if out is None:
+        out, time = torch.empty_like(points), torch.empty(points.shape[0], dtype=torch.int32, device=points.device)
+    else:
+        out, time = out
     if points.shape[0]:
         block = 512
         with triton_launch(points.device):

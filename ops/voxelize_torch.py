@@ -92,3 +92,43 @@ def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor
     feats = (sums[:v] / counts.unsqueeze(1)).to(torch.float32)
     return VoxelArrays(decode_keys(ukeys, dims), feats, counts.to(torch.int32), p2v, int(n_oor),
                        int(n_nf)), values[3:]
+
+
+def voxelize_static(points: torch.Tensor, time: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                    voxel_size: torch.Tensor, dims: tuple[int, int, int, int, int], capacity: int
+                    ) -> tuple[VoxelArrays, torch.Tensor, torch.Tensor]:
+    """``voxelize_torch`` of one window (``dims[0] == 1``) into ``capacity`` voxel rows, with no read-back.
+
+    Every output has a size fixed by the inputs' shapes and ``capacity`` (a CUDA graph can capture the call):
+    the first ``num_voxels`` rows are the voxels of ``voxelize_torch`` (same order, coordinates, means and
+    counts), the rest are padding with batch index 1 (outside the window's batch) and zero features and
+    counts. Returns (arrays, num_voxels (1,) int64, drops (2,) int64 [out_of_range, non_finite]), the counts
+    on the device; the arrays' drop counts are left 0. With more voxels than ``capacity``, ``num_voxels``
+    exceeds it and the points of the voxels beyond it get ``point_to_voxel`` -1: the caller must check.
+    """
+    if dims[0] != 1:
+        raise ValueError(f"voxelize_static: one window (dims[0] == 1), got dims {dims}")
+    n, c = points.shape
+    device = points.device
+    keys, keep, drops = point_keys(points, time, None, lower, upper, voxel_size, dims)
+    drop_key = math.prod(dims)
+    if drop_key < 2**31 - 1:
+        keys = keys.to(torch.int32)
+    sorted_keys, order = torch.sort(keys)
+    first = torch.ones(n, dtype=torch.bool, device=device)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    run = torch.cumsum(first, 0) - 1
+    inverse = torch.empty_like(run)
+    inverse[order] = run
+    runs = run[-1:] + 1 if n else torch.zeros(1, dtype=torch.int64, device=device)
+    num_voxels = runs - (drops.sum() > 0).to(torch.int64)  # the dropped points' run is last
+    # runs beyond the capacity (overflow) and the dropped points write one scratch row, cut off
+    slot = run.clamp(max=capacity)
+    ukeys = torch.full((capacity + 1,), drop_key, dtype=keys.dtype, device=device).scatter_(0, slot, sorted_keys)
+    row = torch.where(keep, inverse.clamp(max=capacity), torch.full_like(inverse, capacity))
+    sums = torch.zeros((capacity + 1, c), dtype=torch.float64, device=device).index_add_(0, row, points.double())
+    counts = torch.zeros(capacity + 1, dtype=torch.int64, device=device).index_add_(0, row, torch.ones_like(row))
+    feats = (sums[:capacity] / counts[:capacity].clamp(min=1).unsqueeze(1)).to(torch.float32)
+    p2v = torch.where(keep & (inverse < capacity), inverse, torch.full_like(inverse, -1))
+    coords = decode_keys(ukeys[:capacity].to(torch.int64), dims)  # the drop key decodes to (1, 0, 0, 0, 0)
+    return VoxelArrays(coords, feats, counts[:capacity].to(torch.int32), p2v, 0, 0), num_voxels, drops

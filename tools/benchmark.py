@@ -309,6 +309,9 @@ def _configure_network(p: argparse.ArgumentParser, config: str, preset: str) -> 
                         "fp16/amp on CUDA only")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--profile", metavar="FILE", help="also write a torch.profiler table (top ops, fp32) to FILE")
+    p.add_argument("--stream-frames", type=int, default=None,
+                   help="also time the streaming predictor (Predictor.step: one new sweep a frame, the past sweeps "
+                        "already on the device) on this many frames; default 200 on CUDA, 0 (off) on the CPU")
 
 
 #: the public Flow4D network on these GPUs (5 sweeps of 100k points), ms per forward in fp32
@@ -434,6 +437,56 @@ def bench_network(args: argparse.Namespace, task: str) -> None:
     print(f"median of {args.repeats} runs after {args.warmup} warm-up runs; stage columns are medians with a "
           f"device synchronisation around each stage; 'ms / frame' is end to end without them"
           + (f"; Flow4D reference: {ref} ms fp32 on this GPU kind (ENVIRONMENT.md)" if ref else ""))
+    stream_frames = args.stream_frames if args.stream_frames is not None else (200 if device.type == "cuda" else 0)
+    if stream_frames > 0:
+        print()
+        bench_network_stream(args, fp32_model, task, device, stream_frames)
+
+
+def bench_network_stream(args: argparse.Namespace, model, task: str, device: torch.device, frames: int) -> None:
+    """The same network in the streaming predictor: per frame, one new sweep joins the window on the device."""
+    from perception4d.runtime.measure import stream_frames
+    from perception4d.runtime.models import LoadedModelSet
+    from perception4d.runtime.policy import FramePolicy
+    from perception4d.runtime.predictor import Predictor, Status
+    from perception4d.runtime.timing import STAGES
+
+    geometry = model.data_preprocessor.batcher.geometry
+    warm = geometry.num_frames + 8
+    stream = stream_frames(args.preset, 20, warm + frames, args.seed)
+    loaded = LoadedModelSet(task, model, device, Path(args.config), Path(args.checkpoint) if args.checkpoint else None)
+    modes = [("fp32", False, None)]
+    if device.type == "cuda":  # the default (one CUDA graph a step), then the same without the step graph
+        modes = [("fp32", False, None), ("fp16 autocast", True, None), ("fp16 autocast, no step graph", True, False)]
+    rows, stage_rows = [], []
+    for label, amp, graph in modes:
+        pred = Predictor(loaded, device, amp=amp, graph=graph, policy=FramePolicy(max_gap_s=10.0))
+        for f in stream[:warm]:
+            pred.step(f)
+        latency, timings, voxels = [], [], []
+        for f in stream[warm:]:
+            t0 = time.perf_counter()
+            r = pred.step(f)
+            latency.append((time.perf_counter() - t0) * 1e3)
+            if r.status == Status.OK:
+                timings.append(r.timings.as_row())
+                voxels.append(r.health.voxels)
+        med = np.median(np.asarray(timings), axis=0)
+        rows.append([label, f"{np.percentile(latency, 50):.1f}", f"{np.percentile(latency, 99):.1f}",
+                     f"{1e3 / np.mean(latency):.1f}", f"{np.median(voxels):.0f}", len(timings)])
+        stage_rows.append([label, *(f"{v:.1f}" for v in med)])
+        del pred
+    n_points = int(np.mean([f.num_points for f in stream]))
+    print(f"### {task}, streaming: Predictor.step over {frames} frames ({n_points} points a sweep, "
+          f"{geometry.num_frames} sweeps a window)")
+    print()
+    print(markdown_table(["mode", "ms / frame p50", "p99", "frames/s", "voxels (median)", "frames"], rows))
+    print()
+    print(markdown_table(["mode", *STAGES, "total"], stage_rows))
+    print()
+    print("ms / frame: host wall time of Predictor.step, from the new sweep to its outputs on the host, one frame "
+          "at a time; stages: medians in ms (CUDA events; 'graph' is voxelize to the heads' outputs replayed as one "
+          "CUDA graph, perception4d.runtime.graphed)")
 
 
 def _profile_flow(model, sample, device: torch.device, path: str, steps: int = 10, label: str = "fp32") -> None:

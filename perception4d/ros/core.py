@@ -118,7 +118,7 @@ class LatencyStats:
     def add(self, results: dict[str, Result]) -> None:
         """Steps that ran the network (not the first sweep of a flow window, which only waits for the next)."""
         for name, r in results.items():
-            if r.status == Status.OK and r.timings.voxelize + r.timings.backbone > 0:
+            if r.status == Status.OK and r.timings.voxelize + r.timings.backbone + r.timings.graph > 0:
                 self.stages.setdefault(name, deque(maxlen=self.window)).append(r.timings.as_row())
 
     def summary(self, name: str) -> list[tuple[str, str]]:

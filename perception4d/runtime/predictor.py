@@ -45,14 +45,13 @@ import numpy as np
 import torch
 
 from perception4d.core.frame import Frame
-from perception4d.core.labels import OCC_FREE
 from perception4d.core.se3 import SE3
 from perception4d.errors import ConfigError
 from perception4d.inference import LoadedModel, submission_flow
-from perception4d.models.heads.flow import DYNAMIC_SPEED, FlowHead, FlowPrediction
-from perception4d.models.heads.mos import MosHead
-from perception4d.models.heads.occupancy import OccupancyHead, OccupancyOutput as RawOccupancy, OccupancyPrediction
+from perception4d.models.heads.flow import FlowPrediction
+from perception4d.models.heads.occupancy import OccupancyPrediction
 from perception4d.mos.fusion import RecedingHorizonFusion
+from perception4d.runtime.graphed import StepGraph, device_outputs, unsupported
 from perception4d.runtime.models import LoadedModelSet, ModelSpec, load_model_set
 from perception4d.runtime.policy import Admission, FramePolicy, StreamGate
 from perception4d.runtime.sweeps import AssembledWindow, HostSweep, StagingPool, SweepRing
@@ -247,6 +246,29 @@ class StagedOutputs:
     mos_window: bool = False
     occupancy: tuple | None = None  # (semantics view, velocity view or None, the grid's Geometry)
     host: dict = field(default_factory=dict)  # task -> the head's own predict() output (heads of other kinds)
+    status: torch.Tensor | None = None  # the step graph's status (``StepGraph.read_status``), a host view
+
+
+@dataclass
+class StepWindow:
+    """What a step ran on: the window's sweeps and layout, and what the voxelizer made of it."""
+
+    sweeps: list
+    source_index: int
+    offsets: np.ndarray  # (n + 1,) row offsets of the sweeps in the window
+    dt: float  # seconds from the source sweep to the reference
+    points: int
+    voxels: int = 0
+    out_of_range: int = 0
+    non_finite: int = 0
+    graphed: object = None  # the StepGraph's launched window (its counts arrive with the status)
+
+    @classmethod
+    def of(cls, asm: AssembledWindow) -> "StepWindow":
+        sp = asm.batch.sparse
+        return cls(asm.sweeps, asm.source_index, np.asarray(asm.batch.samples[0].aligned.offsets),
+                   float(asm.batch.samples[0].meta.dt), sp.num_points, sp.num_voxels, sp.dropped.out_of_range,
+                   sp.dropped.non_finite)
 
 
 @dataclass
@@ -257,7 +279,7 @@ class LaunchedStep:
     sweeps: list
     t0: float
     ingest_ms: float
-    asm: AssembledWindow | None = None
+    window: StepWindow | None = None
     staged: StagedOutputs | None = None
 
 
@@ -276,7 +298,7 @@ class Predictor:
                  policy: FramePolicy | None = None, warmup: Warmup | None = None, ring: SweepRing | None = None,
                  host_transform: bool | None = None, stream_id: str = "stream", fuse: bool | None = None,
                  outputs=None, velocity_dtype: str = "float32", staging: StagingPool | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", graph: bool | None = None):
         self.device = torch.device(device)
         self.outputs = check_outputs(outputs)
         self.velocity_dtype = check_velocity_dtype(velocity_dtype)
@@ -316,8 +338,23 @@ class Predictor:
         self.fusion = RecedingHorizonFusion(self.geometry.num_frames, mos_prior) if (
             mos_fusion and "mos" in self.tasks and "mos" in self.outputs) else None
         self.stream_id = stream_id
+        self.graph = self._step_graph(graph)
         self._scans: dict[int, tuple[str, int]] = {}  # ring seq -> (frame id, timestamp) of scans in the fusion
         self.warmup_s = self._warm_up(warmup)
+
+    def _step_graph(self, graph: bool | None) -> StepGraph | None:
+        """The padded one-graph step (``perception4d.runtime.graphed``): by default on CUDA for a network fused
+        on the gather-GEMM engine with CUDA graphs; ``graph=True`` elsewhere runs the padded step eagerly."""
+        model = self.loaded.model
+        reason = unsupported(model) if self.fused else "the network is not fused for inference (fuse=False)"
+        if graph is None:
+            graph = self.device.type == "cuda" and reason is None and model.backbone.cuda_graphs
+        if not graph:
+            return None
+        if reason is not None:
+            raise ConfigError(f"{self.name}: graph=True needs {reason.split(':')[0]} to change: {reason}")
+        return StepGraph(model, self.geometry, self.device, self.amp, self.outputs, self.velocity_dtype,
+                         capture=model.backbone.cuda_graphs)
 
     def _load(self, model) -> LoadedModelSet:
         if isinstance(model, ModelSpec):
@@ -338,6 +375,8 @@ class Predictor:
                 + (", fused for inference" if self.fused else "")
                 + (", sparse backbone on the gather-GEMM engine" if self.fused and
                    type(self.loaded.model.backbone).__name__ == "GatherUNet" else "")
+                + (", one CUDA graph a step" if self.graph is not None and self.graph.capture else
+                   ", padded step" if self.graph is not None else "")
                 + (", fused MOS" if self.fusion is not None else "")
                 + ("" if self.outputs == OUTPUTS else f", outputs {'+'.join(self.outputs)}")
                 + (", float16 velocities" if self.velocity_dtype == "float16" else ""))
@@ -386,7 +425,7 @@ class Predictor:
         step = LaunchedStep(result, sweeps, t0, ingest_ms)
         self.timer.reset()
         try:
-            step.asm, step.staged = self._forward(self.ring)
+            step.window, step.staged = self._forward(self.ring)
         except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
             return self._step_failed(step, exc)
         return step
@@ -398,14 +437,14 @@ class Predictor:
         result = step.result
         try:
             self.copies.wait()  # every output is on the host after it
-            if not self._settle():  # the engine's graph outgrew its capacities: the window once more, grown
+            if not self._settle(step):  # a graph outgrew its capacities: the window once more, grown
                 self.timer.reset()
-                step.asm, step.staged = self._forward(self.ring)
+                step.window, step.staged = self._forward(self.ring)
                 self.copies.wait()
-                if not self._settle():
+                if not self._settle(step):
                     raise RuntimeError(f"{self.name}: the sparse engine overflowed twice on one window")
             t_out = time.perf_counter()
-            self._outputs(result, step.asm, step.staged)
+            self._outputs(result, step.window, step.staged)
             self.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
         except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
             return self._step_failed(step, exc)
@@ -454,9 +493,27 @@ class Predictor:
                 return self._forward_on_device(ring)
         return self._forward_on_device(ring)
 
-    def _forward_on_device(self, ring: SweepRing) -> tuple[AssembledWindow, StagedOutputs]:
-        asm = ring.assemble(self.geometry, flow_layout="flow" in self.tasks, sequence_id=self.stream_id,
-                            timer=self.timer)
+    def _forward_on_device(self, ring: SweepRing) -> tuple[StepWindow, StagedOutputs]:
+        flow_layout = "flow" in self.tasks
+        if self.graph is not None:  # the padded step, one CUDA graph (perception4d.runtime.graphed)
+            layout = ring.window(self.geometry, flow_layout, sequence_id=self.stream_id)
+            try:
+                launched = self.graph.launch(layout, self.timer)
+            except Exception as exc:  # noqa: BLE001 - out of memory is the step's; anything else: run eagerly
+                if is_out_of_memory(exc):
+                    raise
+                log.warning("%s: the one-graph step failed on %s (%s: %s); running eagerly from now on", self.name,
+                            self.device, type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+                self.graph = None
+                self.timer.reset()
+                return self._forward_on_device(ring)
+            window = StepWindow(layout.sweeps, layout.source_index, layout.offsets, float(layout.meta.dt),
+                                launched.num_points, graphed=launched)
+            with self.timer.stage("outputs"):
+                staged = self._stage_outputs(window, launched.out, {})
+                staged.status = self.copies.put("graph_status", launched.status)
+            return window, staged
+        asm = ring.assemble(self.geometry, flow_layout=flow_layout, sequence_id=self.stream_id, timer=self.timer)
         model = self.loaded.model
         previous, model.timer = model.timer, self.timer
         try:
@@ -466,82 +523,54 @@ class Predictor:
         finally:
             model.timer = previous
         with self.timer.stage("outputs"):
-            staged = self._stage_outputs(asm, raw)
-        return asm, staged
+            window = StepWindow.of(asm)
+            reduced, host = device_outputs(self.loaded.model.heads, raw, asm.batch, self.outputs, self.velocity_dtype)
+            staged = self._stage_outputs(window, reduced, host)
+        return window, staged
 
-    def _stage_outputs(self, asm: AssembledWindow, raw: dict) -> StagedOutputs:
-        """The arithmetic of the heads' ``predict`` on the device, for the outputs asked for, and the copies."""
-        batch, n, put = asm.batch, len(asm.sweeps), self.copies.put
-        heads = self.loaded.model.heads
-        out = StagedOutputs()
-        for task, head in heads.items():
-            value = raw[task]
-            if task == "flow":
-                if "flow" not in self.outputs or asm.source_index != n - 2:
-                    continue
-                if type(head) is not FlowHead:
-                    out.host[task] = head.predict(value, batch)[0]
-                    continue
-                flow = value.detach().float()
-                speed = torch.linalg.vector_norm(flow - batch.ego_flow, dim=1) / batch.dt
-                out.flow = (put("flow", flow), put("flow_dynamic", speed >= DYNAMIC_SPEED),
-                            put("flow_ego", batch.ego_flow), put("flow_in_grid", batch.source_in_grid))
-            elif task == "mos":
-                if "mos" not in self.outputs:
-                    continue
-                if type(head) is not MosHead:
-                    out.host[task] = head.predict(value, batch)[0]
-                    continue
-                # over the whole window as the head does (a vectorised sigmoid may round a point differently
-                # at another position in the array), then only the newest sweep's rows unless fusion needs all
-                prob, in_grid = torch.sigmoid(value.detach().float()), batch.sparse.point_to_voxel >= 0
-                out.mos_window = self.fusion is not None
-                if not out.mos_window:
-                    o = batch.samples[0].aligned.offsets
-                    prob, in_grid = prob[int(o[n - 1]):int(o[n])], in_grid[int(o[n - 1]):int(o[n])]
-                out.mos = (put("mos_prob", prob), put("mos_in_grid", in_grid))
-            elif task == "occupancy":
-                if "occupancy" not in self.outputs:
-                    continue
-                if type(head) is not OccupancyHead or not isinstance(value, RawOccupancy):
-                    out.host[task] = head.predict(value, batch)[0]
-                    continue
-                sem = value.logits.detach().argmax(dim=1)[0]
-                vel = None
-                if "occupancy_velocity" in self.outputs:
-                    vel = value.velocity.detach().float()[0].permute(1, 2, 3, 0) * (sem != OCC_FREE)[..., None]
-                    if self.velocity_dtype == "float16":
-                        vel = vel.half()
-                    vel = put("occupancy_velocity", vel)
-                out.occupancy = (put("occupancy_semantics", sem.to(torch.uint8)), vel, head.grid)
-            else:
-                out.host[task] = head.predict(value, batch)[0]
+    def _stage_outputs(self, window: StepWindow, reduced: dict, host: dict) -> StagedOutputs:
+        """The copies to the host of the outputs ``device_outputs`` reduced (capacity-sized tensors are cut to
+        the window: the source rows, the window's points or, without fusion, the newest sweep's)."""
+        put, n, o = self.copies.put, len(window.sweeps), window.offsets
+        out = StagedOutputs(host=host)
+        if window.source_index != n - 2:  # flow needs the sweep after its source: none on a window's first sweep
+            out.host.pop("flow", None)
+        elif "flow" in reduced:
+            ns = int(o[n - 1] - o[n - 2])
+            out.flow = tuple(put(k, reduced[k][:ns]) for k in ("flow", "flow_dynamic", "flow_ego", "flow_in_grid"))
+        if "mos_prob" in reduced:
+            out.mos_window = self.fusion is not None
+            rows = slice(0, window.points) if out.mos_window else slice(int(o[n - 1]), int(o[n]))
+            out.mos = (put("mos_prob", reduced["mos_prob"][rows]), put("mos_in_grid", reduced["mos_in_grid"][rows]))
+        if "occupancy_semantics" in reduced:
+            vel = reduced.get("occupancy_velocity")
+            out.occupancy = (put("occupancy_semantics", reduced["occupancy_semantics"]),
+                             None if vel is None else put("occupancy_velocity", vel),
+                             self.loaded.model.heads["occupancy"].grid)
         return out
 
-    def _outputs(self, result: Result, asm: AssembledWindow, staged: StagedOutputs) -> None:
+    def _outputs(self, result: Result, window: StepWindow, staged: StagedOutputs) -> None:
         """The result's outputs from the staged copies (on the host once ``copies.wait()`` returned)."""
-        sweeps, n = asm.sweeps, len(asm.sweeps)
+        sweeps, n = window.sweeps, len(window.sweeps)
         take = self.copies.take
-        sparse = asm.batch.sparse
         h = result.health
-        h.window_points, h.voxels = sparse.num_points, sparse.num_voxels
-        h.dropped_out_of_range, h.dropped_non_finite = sparse.dropped.out_of_range, sparse.dropped.non_finite
+        h.window_points, h.voxels = window.points, window.voxels
+        h.dropped_out_of_range, h.dropped_non_finite = window.out_of_range, window.non_finite
         newest = sweeps[-1]
-        meta = asm.batch.samples[0].meta
         flow = staged.host.get("flow")
         if staged.flow is not None:
             flow = FlowPrediction(*(take(v) for v in staged.flow))
         if flow is not None:
-            src = sweeps[asm.source_index]
+            src = sweeps[window.source_index]
             sub = submission_flow(flow, src.frame_id)
-            result.flow = FlowOutput(src.frame_id, src.timestamp_ns, newest.frame_id, meta.dt,
+            result.flow = FlowOutput(src.frame_id, src.timestamp_ns, newest.frame_id, window.dt,
                                      replace(flow, flow=sub.flow, is_dynamic=sub.is_dynamic), sub.non_finite)
-        elif "flow" in self.tasks and "flow" in self.outputs and asm.source_index != n - 2:
+        elif "flow" in self.tasks and "flow" in self.outputs and window.source_index != n - 2:
             result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
         if staged.mos is not None or "mos" in staged.host:
             if staged.mos is not None:
                 prob, in_grid = (take(v) for v in staged.mos)
-                o = asm.batch.samples[0].aligned.offsets if staged.mos_window else np.array([0, len(prob)])
+                o = window.offsets if staged.mos_window else np.array([0, len(prob)])
             else:
                 pred = staged.host["mos"]
                 prob, in_grid, o = pred.prob, pred.in_grid, pred.offsets
@@ -569,8 +598,21 @@ class Predictor:
         if occ is not None:
             result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, occ)
 
-    def _settle(self) -> bool:
-        """The backbone's deferred checks of this step (``GatherUNet.settle``); False: the step must run again."""
+    def _settle(self, step: LaunchedStep | None = None) -> bool:
+        """The deferred checks of this step (the step graph's status, ``GatherUNet.settle``), after the step's
+        synchronisation; False: a capacity was exceeded, the capture has grown and the step must run again."""
+        if self.graph is not None:
+            if step is None or step.staged is None or step.staged.status is None:
+                return True
+            window = step.window
+            status = self.copies.take(step.staged.status)
+            fits, window.voxels, window.out_of_range, window.non_finite = self.graph.read_status(
+                window.graphed, status)
+            if not fits:
+                log.info("%s: the step graph's capacities were exceeded (%d voxels); capturing it again",
+                         self.name, window.voxels)
+                self.graph.grow(window.graphed, status)
+            return fits
         settle = getattr(self.loaded.model.backbone, "settle", None)
         return True if settle is None else settle()
 
@@ -590,9 +632,9 @@ class Predictor:
             frame = synthetic_frame(k, warmup.points, self.geometry)
             ring.push(self.staging.stage(frame))
             if k >= first:
-                self._forward(ring)  # the outputs' copies too (their buffers); the results are not built
+                window, staged = self._forward(ring)  # the outputs' copies too (their buffers); no results built
                 self.copies.wait()
-                self._settle()  # an overflow grows the capture here, before the first real frame
+                self._settle(LaunchedStep(None, [], 0.0, 0.0, window, staged))  # an overflow grows the capture
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timer.reset()

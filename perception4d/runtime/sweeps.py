@@ -289,6 +289,32 @@ class DeviceAlignedWindow(AlignedWindow):
 
 
 @dataclass
+class WindowLayout:
+    """Which sweeps a step's window holds and how they map into its reference (the newest sweep's ego frame)."""
+
+    sweeps: list[Sweep]  # oldest first; the reference (newest) last
+    offsets: np.ndarray  # (n + 1,) int64 row offsets of the sweeps in the window's points
+    ref_T: list[SE3]  # each sweep's ego frame in the reference's (the products of ``Window.align``)
+    shift: int  # added to the time index (a short window is right-aligned: the reference at T - 1)
+    source_index: int  # window position of the source sweep (flow: the one before the reference)
+    meta: SampleMeta
+
+    @property
+    def num_points(self) -> int:
+        return int(self.offsets[-1])
+
+    def transforms(self) -> list[np.ndarray]:
+        """(4, 4) float64 sensor-to-reference transform of each sweep (``ref_T @ extrinsic``)."""
+        return [(t @ s.host.extrinsic).as_matrix() for t, s in zip(self.ref_T, self.sweeps)]
+
+    def raw_points(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, C) every sweep's device points in its sensor frame, concatenated (into ``out`` if given)."""
+        if out is None and len(self.sweeps) == 1:
+            return self.sweeps[0].points
+        return torch.cat([s.points for s in self.sweeps], out=out)
+
+
+@dataclass
 class AssembledWindow:
     """One step's network input and which sweeps it covers."""
 
@@ -339,26 +365,39 @@ class SweepRing:
         n = min(int(n), len(self._sweeps))
         return list(self._sweeps)[len(self._sweeps) - n:]
 
-    def assemble(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream",
-                 columns: tuple[str, ...] = INPUT_COLUMNS, timer=None) -> AssembledWindow:
-        """The window of the newest ``geometry.num_frames`` sweeps as the network's input.
+    def window(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream") -> WindowLayout:
+        """The layout of the newest ``geometry.num_frames`` sweeps as a window (see ``WindowLayout``).
 
         ``flow_layout`` (two sweeps at least): the source is the sweep before the reference, as
-        ``build_window_sample`` with flow among the tasks; otherwise the reference itself. ``timer``
-        (``stage(name)``) times the ``align`` and ``voxelize`` stages.
+        ``build_window_sample`` with flow among the tasks; otherwise the reference itself.
         """
-        timer = timer or NullTimer()
         sweeps = self.latest(geometry.num_frames)
         if not sweeps:
             raise ValueError("SweepRing.assemble: the ring is empty")
-        n, dev = len(sweeps), self.device
+        n = len(sweeps)
         ref = sweeps[-1].host
         sizes = [s.num_points for s in sweeps]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        total = int(offsets[-1])
         ref_inv = ref.pose.inverse()
         ref_T = [ref_inv @ s.host.pose for s in sweeps]  # the products of Window.align, in its order
-        shift = time_shift(geometry, n)
+        src = source_sweep(n, flow_layout)
+        source = sweeps[src]
+        meta = SampleMeta(sequence_id=sequence_id, frame_id=source.frame_id, timestamp_ns=source.timestamp_ns,
+                          next_timestamp_ns=ref.timestamp_ns)
+        return WindowLayout(sweeps, offsets, ref_T, time_shift(geometry, n), src, meta)
+
+    def assemble(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream",
+                 columns: tuple[str, ...] = INPUT_COLUMNS, timer=None) -> AssembledWindow:
+        """The window of the newest ``geometry.num_frames`` sweeps as the network's input (``window`` for the
+        layout). ``timer`` (``stage(name)``) times the ``align`` and ``voxelize`` stages.
+        """
+        timer = timer or NullTimer()
+        lay = self.window(geometry, flow_layout, sequence_id)
+        sweeps, offsets, ref_T, shift, src = lay.sweeps, lay.offsets, lay.ref_T, lay.shift, lay.source_index
+        n, dev = len(sweeps), self.device
+        ref = sweeps[-1].host
+        sizes = [s.num_points for s in sweeps]
+        total = int(offsets[-1])
         with timer.stage("align"):
             if self.host_transform:  # numpy's arithmetic, bit-identical to the offline tools
                 points = torch.empty((total, len(columns)), dtype=torch.float32, device=dev)
@@ -370,17 +409,12 @@ class SweepRing:
                 time = torch.repeat_interleave(torch.arange(shift, shift + n, dtype=torch.int32),
                                                torch.tensor(sizes, dtype=torch.int64), output_size=total)
             else:  # one kernel over the window (perception4d.ops.align)
-                raw = torch.cat([s.points for s in sweeps]) if n > 1 else sweeps[0].points
-                points, time = align_window(raw, [(t @ s.host.extrinsic).as_matrix() for t, s in zip(ref_T, sweeps)],
-                                            offsets, shift)
-        src = source_sweep(n, flow_layout)
+                points, time = align_window(lay.raw_points(), lay.transforms(), offsets, shift)
         source = sweeps[src]
-        meta = SampleMeta(sequence_id=sequence_id, frame_id=source.frame_id, timestamp_ns=source.timestamp_ns,
-                          next_timestamp_ns=ref.timestamp_ns)
         aligned = DeviceAlignedWindow(points, time, offsets, columns, n - 1, ref_T,
                                       [s.timestamp_ns for s in sweeps])
-        sample = WindowSample(aligned=aligned, source_index=src, source_xyz=source.host.ego_xyz.numpy(), meta=meta,
-                              frame_ids=tuple(s.frame_id for s in sweeps), sensor_origin=ref.origin)
+        sample = WindowSample(aligned=aligned, source_index=src, source_xyz=source.host.ego_xyz.numpy(),
+                              meta=lay.meta, frame_ids=tuple(s.frame_id for s in sweeps), sensor_origin=ref.origin)
         # one window: no batch index to build, upload or range-check
         batch = assemble_batch([sample], points, time, None, np.array([0, total]), source.ego_xyz, geometry, timer)
         return AssembledWindow(batch, sweeps, src)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 #: the stages a streaming step reports, in order
-STAGES = ("ingest", "align", "voxelize", "encoder", "backbone", "head", "outputs")
+STAGES = ("ingest", "align", "voxelize", "encoder", "backbone", "head", "graph", "outputs")
 
 
 @dataclass
@@ -27,9 +27,10 @@ class StageTimes:
 
     ingest: host checks, pinned staging and the host-to-device copy of the new sweep (shared by the model sets
     of one device); align: the window's sweeps transformed into the newest ego frame; voxelize: the
-    SparseTensor4D; encoder / backbone / head: the network; outputs: device-to-host copies and the per-task
-    outputs. total: wall time from the frame's arrival to the result (on the device's timeline for the stages,
-    on the host's for the total).
+    SparseTensor4D; encoder / backbone / head: the network; graph: voxelize to the heads' outputs replayed as
+    one CUDA graph (``perception4d.runtime.graphed``; the four stages before it are then 0); outputs:
+    device-to-host copies and the per-task outputs. total: wall time from the frame's arrival to the result (on
+    the device's timeline for the stages, on the host's for the total).
     """
 
     ingest: float = 0.0
@@ -38,6 +39,7 @@ class StageTimes:
     encoder: float = 0.0
     backbone: float = 0.0
     head: float = 0.0
+    graph: float = 0.0
     outputs: float = 0.0
     total: float = 0.0
 

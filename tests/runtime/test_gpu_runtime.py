@@ -40,8 +40,42 @@ def test_cuda_fp32_matches_the_offline_tool_and_amp_stays_close(frames):
         # the window is aligned on the device (float64 kernel): a few coordinates differ by one float32 ulp
         np.testing.assert_allclose(a.flow.prediction.flow, offline.flow, atol=1e-3)
         assert np.abs(b.flow.prediction.flow - offline.flow).max() < 5e-2
-        for t in (a.timings, b.timings):  # CUDA-event stage times
-            assert t.backbone > 0 and t.voxelize > 0 and t.align > 0 and t.total >= t.backbone
+        for t in (a.timings, b.timings):  # CUDA-event stage times (voxelize to heads: one graph replay)
+            assert t.graph > 0 and t.align > 0 and t.total >= t.graph and t.voxelize == t.backbone == 0
+    assert fp32.graph is not None and fp32.graph.static.graph is not None  # captured
+
+
+@pytest.mark.parametrize("device", [f"cuda:{k}" for k in range(min(torch.cuda.device_count(), 2))])
+@pytest.mark.parametrize("amp", [False, True])
+def test_one_graph_step_matches_the_eager_step_on_every_gpu(frames, device, amp):
+    """The padded step captured as one CUDA graph (the default) gives the eager fused step's outputs, on each
+    GPU (a capture on the second device uses that device's streams and library handles)."""
+    from perception4d.runtime.models import load_model_set
+
+    specs = [small_flow_spec("flowmos", device), small_occ_spec("occupancy", device)]
+    for spec in specs:
+        loaded = load_model_set(spec, device)
+        eager = Predictor(loaded, device, amp=amp, warmup=WARMUP, graph=False, mos_fusion=True)
+        graphed = Predictor(loaded, device, amp=amp, warmup=WARMUP, mos_fusion=True)
+        assert graphed.graph is not None and graphed.graph.capture and "one CUDA graph" in graphed.describe()
+        later = [replace(f, timestamp_ns=f.timestamp_ns + 250_000_000, frame_id=f"again/{k}")
+                 for k, f in enumerate(frames)]
+        for f in list(frames) + later:
+            a, b = eager.step(f), graphed.step(f)
+            assert a.status == b.status == Status.OK
+            assert (a.health.voxels, a.health.dropped_non_finite, a.health.dropped_out_of_range) == (
+                b.health.voxels, b.health.dropped_non_finite, b.health.dropped_out_of_range)
+            tol = 5e-2 if amp else 1e-3
+            if a.flow is not None:
+                assert np.abs(a.flow.prediction.flow - b.flow.prediction.flow).max() < tol
+            if a.mos is not None:
+                assert np.abs(a.mos.prob - b.mos.prob).max() < tol
+                for x, y in zip(a.mos_fused, b.mos_fused):
+                    assert np.abs(x.prob - y.prob).max() < tol
+            if a.occupancy is not None:
+                same = (a.occupancy.prediction.semantics == b.occupancy.prediction.semantics).mean()
+                assert same > (0.995 if amp else 0.9999)
+        assert graphed.graph.static.graph is not None
 
 
 def test_cuda_out_of_memory_names_the_frame_and_the_predictor_recovers(frames):

@@ -95,13 +95,16 @@ def lovasz_softmax(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def voxel_cells(sparse, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, 3) int64 cell of ``geometry``'s grid holding each voxel centre of ``sparse``, and (V,) bool: inside it."""
+    """(V, 3) int64 cell of ``geometry``'s grid holding each voxel centre of ``sparse``, and (V,) bool: inside it.
+
+    Rows of a batch index beyond ``sparse.batch_size`` (the padding rows of a capacity-sized tensor,
+    ``voxelize_static``) are outside."""
     dev = sparse.coords.device
     shape = device_constant(geometry.grid_shape, dev)
     lower = device_constant(geometry.point_range[:3], dev, torch.float32)
     size = device_constant(geometry.voxel_size, dev, torch.float32)
     idx = torch.floor((sparse.voxel_centers() - lower) / size).long()
-    return idx, ((idx >= 0) & (idx < shape)).all(dim=1)
+    return idx, ((idx >= 0) & (idx < shape)).all(dim=1) & (sparse.coords[:, 0] < sparse.batch_size)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
