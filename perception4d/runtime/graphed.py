@@ -201,28 +201,32 @@ class GraphedWindow:
 class StepGraph:
     """The streaming step of one engine-fused model on one device at padded capacities (module docstring).
 
-    ``launch(ring, ...)`` aligns the window into the static buffers and replays; ``settle(status)`` reads the
-    status copied to the host after the step's synchronisation and returns False if a capacity was exceeded
-    (the capture has then grown: run the window again). ``capture=False`` runs the padded step eagerly (the
-    CPU always does): the same arithmetic, for tests and for devices without graphs.
+    ``launch(layout, timer)`` aligns the window into the static buffers and replays; ``read_status`` reads the
+    status copied to the host after the step's synchronisation and says whether a capacity was exceeded (then
+    ``grow`` captures again at the window's sizes: run the window again); capacities also shrink (see there).
+    ``capture=False`` runs the padded step eagerly (the CPU always does): the same arithmetic, for tests and
+    for devices without graphs.
     """
 
     def __init__(self, model, geometry: Geometry, device: torch.device, amp: bool, outputs: tuple[str, ...],
-                 velocity_dtype: str = "float32", capture: bool = True, margin: float = 1.15, quantum: int = 8192):
+                 velocity_dtype: str = "float32", capture: bool = True, margin: float = 1.15, quantum: int = 8192,
+                 shrink_after: int = 8):
         reason = unsupported(model)
         if reason is not None:
             raise ValueError(f"StepGraph: {reason}")
         self.model, self.geometry, self.device, self.amp = model, geometry, torch.device(device), amp
         self.outputs, self.velocity_dtype = outputs, velocity_dtype
         self.capture = capture and self.device.type == "cuda"
-        self.margin, self.quantum = margin, quantum
+        self.margin, self.quantum, self.shrink_after = margin, quantum, shrink_after
         self.levels = len(model.backbone.channels)
+        self._small: list[tuple[int, int, list[int]]] = []  # sizes of recent windows far below the capacities
         self.static: _Static | None = None
         self.captures_made = 0
 
     # capacities ----------------------------------------------------------------------------------------
-    def _grown(self, points: int, source: int, voxels: list[int] | None) -> Capacities:
-        old = self.static.caps if self.static is not None else None
+    def _grown(self, points: int, source: int, voxels: list[int] | None, keep: bool = True) -> Capacities:
+        """Capacities for these sizes (+ margin, rounded up), and at least the current ones with ``keep``."""
+        old = self.static.caps if self.static is not None and keep else None
         q, qc = self.quantum, max(self.quantum // 8, 64)
         p = _round_up(points * self.margin, q)
         s = _round_up(source * self.margin, q)
@@ -282,12 +286,34 @@ class StepGraph:
         return GraphedWindow(layout, st.out, st.status, n_pts, st.caps.points - n_pts)
 
     def read_status(self, window: GraphedWindow, status: np.ndarray) -> tuple[bool, int, int, int]:
-        """(fits, voxels, out_of_range, non_finite) from the host copy of ``window.status``."""
+        """(fits, voxels, out_of_range, non_finite) from the host copy of ``window.status``.
+
+        A window that fitted is also tracked: after ``shrink_after`` windows in a row that would fit in less than
+        half of some capacity (the warm-up's denser synthetic sweeps, a change of scene), the graph is captured
+        again at the largest sizes among them (+ margin), since the padded rows cost as much as real ones.
+        """
         voxels, oor, nf, overflow = (int(v) for v in status[:4])
+        if not overflow:
+            self._track(window.num_points, window.layout.sweeps[window.layout.source_index].num_points,
+                        [voxels, *(int(v) for v in status[4:])])
         return not overflow, voxels, oor, nf - window.padding
+
+    def _track(self, points: int, source: int, voxels: list[int]) -> None:
+        st = self.static
+        need = self._grown(points, source, voxels, keep=False)
+        have = (st.caps.points, st.caps.source, *st.caps.voxels)
+        if not any(c > 2 * m for c, m in zip(have, (need.points, need.source, *need.voxels))):
+            self._small.clear()
+            return
+        self._small.append((points, source, voxels))
+        if len(self._small) >= self.shrink_after:
+            largest = [max(col) for col in zip(*((p, s, *v) for p, s, v in self._small))]
+            self._small.clear()
+            self._rebuild(self._grown(largest[0], largest[1], largest[2:], keep=False), st.points.shape[1])
 
     def grow(self, window: GraphedWindow, status: np.ndarray) -> None:
         """After an overflow: capture again at the window's exact sizes (+ margin)."""
         st = self.static
+        self._small.clear()
         voxels = self.exact_sizes(st.points[:window.num_points], st.time[:window.num_points])
         self._rebuild(self._grown(window.num_points, st.caps.source, voxels), st.points.shape[1])

@@ -119,3 +119,19 @@ def test_an_empty_frame_in_the_stream_keeps_both_steps_equal(frames):
         assert a.status == b.status
         if a.status == Status.OK:
             _close(a, b)
+
+
+def test_capacities_shrink_after_windows_far_below_them(frames):
+    """A warm-up on dense synthetic sweeps sizes the graph far above the stream's windows (padded rows cost as
+    much as real ones): after ``shrink_after`` such windows it is captured again at their sizes."""
+    loaded = load_model_set(small_flow_spec(), "cpu")
+    pred = Predictor(loaded, "cpu", warmup=Warmup(steps=1, points=40_000), fuse=True, engine="gather", graph=True)
+    eager = Predictor(loaded, "cpu", warmup=NO_WARMUP, fuse=True, engine="gather", graph=False)
+    g = pred.graph
+    g.shrink_after = 3
+    big = g.static.caps
+    for f in frames:
+        _close(eager.step(f), pred.step(f))
+    small = g.static.caps
+    assert small.points < big.points // 2 and small.voxels[0] < big.voxels[0] // 2
+    assert small.points >= max(f.num_points for f in frames)
