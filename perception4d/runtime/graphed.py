@@ -16,7 +16,9 @@ which change every step, so none of them could be captured.
   batch index 1, outside the window, and zero features) and leaves the true
   count on the device; the backbone's plan takes it as its ``count`` and the
   coarser levels have capacities of their own (``build_unet_plan``);
-* source rows (scene flow): ``source`` rows, padding rows read point 0.
+* one sweep's rows (``sweep``): the source sweep of scene flow and, for MOS without fusion, the newest
+  sweep (the only rows whose moving probability is handed out: the MOS head runs on them alone); padding
+  rows read point 0.
 
 So from the voxelizer to the outputs every kernel has a fixed shape and the
 step is: align (one kernel), one graph replay, the device-to-host copies of
@@ -36,7 +38,7 @@ runs without capture, and on CUDA in the GPU tests.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -112,7 +114,7 @@ def _round_up(n: int, quantum: int) -> int:
 @dataclass(frozen=True)
 class Capacities:
     points: int  # window rows (the rest of the buffer NaN)
-    source: int  # source-sweep rows (scene flow)
+    sweep: int  # rows of one sweep (the flow source's, the newest's)
     voxels: tuple[int, ...]  # voxels per backbone level, finest first
 
 
@@ -120,14 +122,15 @@ class _Static:
     """One padded step at fixed capacities: its input buffers, its outputs and (on CUDA) its captured graph."""
 
     def __init__(self, model, geometry: Geometry, caps: Capacities, columns: int, device: torch.device, amp: bool,
-                 outputs: tuple[str, ...], velocity_dtype: str, capture: bool):
-        self.model, self.geometry, self.caps = model, geometry, caps
+                 outputs: tuple[str, ...], velocity_dtype: str, capture: bool, mos_newest: bool):
+        self.model, self.geometry, self.caps, self.mos_newest = model, geometry, caps, mos_newest
         self.device, self.amp = device, amp
         self.outputs, self.velocity_dtype = outputs, velocity_dtype
         self.points = torch.full((caps.points, columns), float("nan"), dtype=torch.float32, device=device)
         self.time = torch.zeros(caps.points, dtype=torch.int32, device=device)
-        self.source_rows = torch.zeros(caps.source, dtype=torch.int64, device=device)
-        self.source_xyz = torch.zeros((caps.source, 3), dtype=torch.float32, device=device)
+        self.source_rows = torch.zeros(caps.sweep, dtype=torch.int64, device=device)
+        self.source_xyz = torch.zeros((caps.sweep, 3), dtype=torch.float32, device=device)
+        self.newest_rows = torch.zeros(caps.sweep, dtype=torch.int64, device=device)
         self.dt = torch.ones(1, dtype=torch.float32, device=device)
         self.graph = None
         self.out: dict[str, torch.Tensor] = {}
@@ -152,9 +155,19 @@ class _Static:
             ego_flow = take_rows(self.points, self.source_rows)[:, :3] - self.source_xyz
             batch = BatchedWindows(sparse=sparse, points=self.points, time=self.time, source_rows=self.source_rows,
                                    source_batch=torch.zeros_like(self.source_rows), ego_flow=ego_flow,
-                                   dt=self.dt.expand(caps.source), source_counts=[caps.source], samples=[])
-            raw = {task: head(x, point_feats, batch) for task, head in model.heads.items()}
+                                   dt=self.dt.expand(caps.sweep), source_counts=[caps.sweep], samples=[])
+            heads = dict(model.heads.items())
+            mos_batch = None
+            if self.mos_newest and "mos" in heads:  # the newest sweep's points alone
+                rows = self.newest_rows
+                mos_batch = replace(batch, sparse=replace(sparse, point_to_voxel=take_rows(sparse.point_to_voxel,
+                                                                                           rows)))
+                mos_points = take_rows(point_feats, rows)
+            raw = {task: head(x, mos_points, mos_batch) if task == "mos" and mos_batch is not None else
+                   head(x, point_feats, batch) for task, head in heads.items()}
         self.out, host = device_outputs(model.heads, raw, batch, self.outputs, self.velocity_dtype)
+        if mos_batch is not None and "mos_in_grid" in self.out:
+            self.out["mos_in_grid"] = mos_batch.sparse.point_to_voxel >= 0
         if host:  # ``unsupported`` keeps such heads out
             raise RuntimeError(f"StepGraph: heads {sorted(host)} have no device outputs")
         overflow = (plan.overflow | (num_voxels[0] > caps.voxels[0])).view(1).to(torch.int64)
@@ -196,6 +209,7 @@ class GraphedWindow:
     status: torch.Tensor  # see StepGraph.read_status
     num_points: int
     padding: int  # NaN rows after the window's points (counted by the voxelizer as non-finite)
+    mos_newest: bool  # the MOS outputs cover the newest sweep's rows only (else the whole window)
 
 
 class StepGraph:
@@ -209,13 +223,13 @@ class StepGraph:
     """
 
     def __init__(self, model, geometry: Geometry, device: torch.device, amp: bool, outputs: tuple[str, ...],
-                 velocity_dtype: str = "float32", capture: bool = True, margin: float = 1.15, quantum: int = 8192,
-                 shrink_after: int = 8):
+                 velocity_dtype: str = "float32", capture: bool = True, margin: float = 1.06, quantum: int = 8192,
+                 shrink_after: int = 8, mos_window: bool = False):
         reason = unsupported(model)
         if reason is not None:
             raise ValueError(f"StepGraph: {reason}")
         self.model, self.geometry, self.device, self.amp = model, geometry, torch.device(device), amp
-        self.outputs, self.velocity_dtype = outputs, velocity_dtype
+        self.outputs, self.velocity_dtype, self.mos_window = outputs, velocity_dtype, mos_window
         self.capture = capture and self.device.type == "cuda"
         self.margin, self.quantum, self.shrink_after = margin, quantum, shrink_after
         self.levels = len(model.backbone.channels)
@@ -224,16 +238,16 @@ class StepGraph:
         self.captures_made = 0
 
     # capacities ----------------------------------------------------------------------------------------
-    def _grown(self, points: int, source: int, voxels: list[int] | None, keep: bool = True) -> Capacities:
+    def _grown(self, points: int, sweep: int, voxels: list[int] | None, keep: bool = True) -> Capacities:
         """Capacities for these sizes (+ margin, rounded up), and at least the current ones with ``keep``."""
         old = self.static.caps if self.static is not None and keep else None
         q, qc = self.quantum, max(self.quantum // 8, 64)
         p = _round_up(points * self.margin, q)
-        s = _round_up(source * self.margin, q)
+        s = _round_up(sweep * self.margin, q)
         v = None if voxels is None else tuple(_round_up(c * self.margin, q if i == 0 else qc)
                                               for i, c in enumerate(voxels))
         if old is not None:
-            p, s = max(p, old.points), max(s, old.source)
+            p, s = max(p, old.points), max(s, old.sweep)
             v = old.voxels if v is None else tuple(max(a, b) for a, b in zip(v, old.voxels))
         return Capacities(p, s, v)
 
@@ -250,7 +264,8 @@ class StepGraph:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.static = _Static(self.model, self.geometry, caps, columns, self.device, self.amp, self.outputs,
-                              self.velocity_dtype, self.capture)
+                              self.velocity_dtype, self.capture,
+                              not self.mos_window and "mos" in self.model.heads and "mos" in self.outputs)
         self.captures_made += 1
         log.info("StepGraph on %s: %s at capacities %s", self.device, "captured" if self.capture else "built",
                  caps)
@@ -261,15 +276,15 @@ class StepGraph:
         """Align ``layout``'s window into the buffers and run the padded step (nothing waits for the device)."""
         n_pts = layout.num_points
         src = layout.sweeps[layout.source_index]
-        ns = src.num_points
+        ns, nn = src.num_points, layout.sweeps[-1].num_points
         columns = layout.sweeps[-1].points.shape[1]
         st = self.static
-        if st is None or n_pts > st.caps.points or ns > st.caps.source or st.points.shape[1] != columns:
+        if st is None or n_pts > st.caps.points or max(ns, nn) > st.caps.sweep or st.points.shape[1] != columns:
             with timer.stage("align"):
                 raw = layout.raw_points()
                 aligned, time = align_window(raw, layout.transforms(), layout.offsets, layout.shift)
             voxels = self.exact_sizes(aligned, time) if st is None else None
-            self._rebuild(self._grown(n_pts, ns, voxels), columns)
+            self._rebuild(self._grown(n_pts, max(ns, nn), voxels), columns)
             st = self.static
         with timer.stage("align"):
             align_window(layout.raw_points(), layout.transforms(), layout.offsets, layout.shift,
@@ -281,9 +296,13 @@ class StepGraph:
                 st.source_rows[ns:].zero_()
                 st.source_xyz[:ns].copy_(src.ego_xyz, non_blocking=True)
                 st.dt.fill_(float(layout.meta.dt))
+            if st.mos_newest:
+                start = int(layout.offsets[-2])
+                torch.arange(start, start + nn, out=st.newest_rows[:nn])
+                st.newest_rows[nn:].zero_()
         with timer.stage("graph"):
             st.replay()
-        return GraphedWindow(layout, st.out, st.status, n_pts, st.caps.points - n_pts)
+        return GraphedWindow(layout, st.out, st.status, n_pts, st.caps.points - n_pts, st.mos_newest)
 
     def read_status(self, window: GraphedWindow, status: np.ndarray) -> tuple[bool, int, int, int]:
         """(fits, voxels, out_of_range, non_finite) from the host copy of ``window.status``.
@@ -294,18 +313,19 @@ class StepGraph:
         """
         voxels, oor, nf, overflow = (int(v) for v in status[:4])
         if not overflow:
-            self._track(window.num_points, window.layout.sweeps[window.layout.source_index].num_points,
-                        [voxels, *(int(v) for v in status[4:])])
+            sweeps = window.layout.sweeps
+            self._track(window.num_points, max(sweeps[window.layout.source_index].num_points,
+                                               sweeps[-1].num_points), [voxels, *(int(v) for v in status[4:])])
         return not overflow, voxels, oor, nf - window.padding
 
-    def _track(self, points: int, source: int, voxels: list[int]) -> None:
+    def _track(self, points: int, sweep: int, voxels: list[int]) -> None:
         st = self.static
-        need = self._grown(points, source, voxels, keep=False)
-        have = (st.caps.points, st.caps.source, *st.caps.voxels)
-        if not any(c > 2 * m for c, m in zip(have, (need.points, need.source, *need.voxels))):
+        need = self._grown(points, sweep, voxels, keep=False)
+        have = (st.caps.points, st.caps.sweep, *st.caps.voxels)
+        if not any(c > 2 * m for c, m in zip(have, (need.points, need.sweep, *need.voxels))):
             self._small.clear()
             return
-        self._small.append((points, source, voxels))
+        self._small.append((points, sweep, voxels))
         if len(self._small) >= self.shrink_after:
             largest = [max(col) for col in zip(*((p, s, *v) for p, s, v in self._small))]
             self._small.clear()
@@ -316,4 +336,4 @@ class StepGraph:
         st = self.static
         self._small.clear()
         voxels = self.exact_sizes(st.points[:window.num_points], st.time[:window.num_points])
-        self._rebuild(self._grown(window.num_points, st.caps.source, voxels), st.points.shape[1])
+        self._rebuild(self._grown(window.num_points, st.caps.sweep, voxels), st.points.shape[1])

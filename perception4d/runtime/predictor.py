@@ -354,7 +354,7 @@ class Predictor:
         if reason is not None:
             raise ConfigError(f"{self.name}: graph=True needs {reason.split(':')[0]} to change: {reason}")
         return StepGraph(model, self.geometry, self.device, self.amp, self.outputs, self.velocity_dtype,
-                         capture=model.backbone.cuda_graphs)
+                         capture=model.backbone.cuda_graphs, mos_window=self.fusion is not None)
 
     def _load(self, model) -> LoadedModelSet:
         if isinstance(model, ModelSpec):
@@ -540,7 +540,12 @@ class Predictor:
             out.flow = tuple(put(k, reduced[k][:ns]) for k in ("flow", "flow_dynamic", "flow_ego", "flow_in_grid"))
         if "mos_prob" in reduced:
             out.mos_window = self.fusion is not None
-            rows = slice(0, window.points) if out.mos_window else slice(int(o[n - 1]), int(o[n]))
+            if out.mos_window:
+                rows = slice(0, window.points)
+            elif window.graphed is not None and window.graphed.mos_newest:  # computed on the newest sweep alone
+                rows = slice(0, int(o[n] - o[n - 1]))
+            else:
+                rows = slice(int(o[n - 1]), int(o[n]))
             out.mos = (put("mos_prob", reduced["mos_prob"][rows]), put("mos_in_grid", reduced["mos_in_grid"][rows]))
         if "occupancy_semantics" in reduced:
             vel = reduced.get("occupancy_velocity")

@@ -59,10 +59,13 @@ def _close(a, b, atol=1e-5):
         np.testing.assert_allclose(pb.velocity, pa.velocity, atol=1e-4)
 
 
-def test_flow_and_mos_network_padded_step_matches_the_eager_step(frames):
-    eager, padded = _pair(small_flow_spec(), mos_fusion=True)
+@pytest.mark.parametrize("fusion", [True, False])
+def test_flow_and_mos_network_padded_step_matches_the_eager_step(frames, fusion):
+    """With fusion the MOS head runs on the whole window; without, on the newest sweep's rows alone."""
+    eager, padded = _pair(small_flow_spec(), mos_fusion=fusion)
     for f in frames:
         _close(eager.step(f), padded.step(f))
+    assert padded.graph.static.mos_newest == (not fusion)
     assert padded.graph.captures_made >= 1
     caps = padded.graph.static.caps
     assert caps.points > max(f.num_points for f in frames) and caps.voxels[0] % padded.graph.quantum == 0
