@@ -70,7 +70,7 @@ def _kernel():
 
     @triton.autotune(configs=configs, key=["K", "CIN", "COUT", "BLOCK_CO"])
     @triton.jit
-    def gather_gemm(x_ptr, tab_ptr, w_ptr, b_ptr, out_ptr, n_rows, K, sentinel,
+    def gather_gemm(x_ptr, tab_ptr, w_ptr, b_ptr, out_ptr, n_rows, K, sentinel, out_stride,
                     CIN: tl.constexpr, COUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
                     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr):
         pid_n = tl.program_id(0)
@@ -96,7 +96,7 @@ def _kernel():
             acc += tl.load(b_ptr + co)[None, :].to(tl.float32)
         if RELU:
             acc = tl.maximum(acc, 0.0)
-        tl.store(out_ptr + rows64[:, None] * COUT + co[None, :], acc.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + rows64[:, None] * out_stride + co[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None])
 
     return gather_gemm
@@ -110,13 +110,25 @@ def triton_supports(xs: torch.Tensor, weight: torch.Tensor) -> bool:
             and xs.is_contiguous())
 
 
+def _check_out(out: torch.Tensor | None, n: int, c: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``out`` (or a new tensor): (n, c) of ``dtype`` on ``device`` with unit column stride (a column slice of a
+    wider buffer works: the kernels write rows at ``out.stride(0)``)."""
+    if out is None:
+        return torch.empty(n, c, dtype=dtype, device=device)
+    if tuple(out.shape) != (n, c) or out.dtype != dtype or out.device != torch.device(device) or (
+            c > 1 and out.stride(1) != 1):
+        raise ValueError(f"out must be ({n}, {c}) {dtype} on {device} with unit column stride, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}, strides {out.stride()}")
+    return out
+
+
 def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       relu: bool = True) -> torch.Tensor:
+                       relu: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
     k, n = table.shape
     cin, cout = xs.shape[1], weight.shape[1]
     if weight.shape[0] != k * cin:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {k} offsets x {cin} input channels")
-    out = torch.empty(n, cout, dtype=xs.dtype, device=xs.device)
+    out = _check_out(out, n, cout, xs.dtype, xs.device)
     if n == 0:
         return out
     block_co = min(cout, 64)
@@ -127,8 +139,8 @@ def gather_conv_triton(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tens
     b = bias if bias is not None else weight  # unused pointer when there is no bias
     # tiles and pipelining picked per (offsets, channels) by Triton's autotuner at the first call (warm-up);
     with triton_launch(xs.device):
-        _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, xs.shape[0] - 1, CIN=cin,
-                        COUT=cout, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
+        _kernel()[grid](xs, table.contiguous(), weight.contiguous(), b, out, n, k, xs.shape[0] - 1, out.stride(0),
+                        CIN=cin, COUT=cout, BLOCK_CO=block_co, HAS_BIAS=bias is not None, RELU=relu,
                         IEEE=xs.dtype == torch.float32)
     return out
 
@@ -139,8 +151,8 @@ def _rows_kernel():
     import triton.language as tl
 
     @triton.jit
-    def gather_rows(src_ptr, idx_ptr, b_ptr, out_ptr, n_rows, sentinel, C: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    def gather_rows(src_ptr, idx_ptr, b_ptr, out_ptr, n_rows, sentinel, out_stride, C: tl.constexpr,
+                    BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < n_rows
         c = tl.arange(0, C)
@@ -151,30 +163,31 @@ def _rows_kernel():
             x += tl.load(b_ptr + c)[None, :].to(tl.float32)
         if RELU:
             x = tl.maximum(x, 0.0)
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + c[None, :], x.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * out_stride + c[None, :], x.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None])
 
     return gather_rows
 
 
 def gather_rows(src: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None = None,
-                relu: bool = False) -> torch.Tensor:
-    """``relu(src[idx] + bias)`` (each part optional): one Triton pass on CUDA, index_select elsewhere."""
+                relu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(src[idx] + bias)`` (each part optional): one Triton pass on CUDA, index_select elsewhere.
+    ``out``: where to write it (see ``_check_out``)."""
     c = src.shape[1]
+    out = _check_out(out, idx.shape[0], c, src.dtype, src.device)
     if src.is_cuda and triton_available() and c & (c - 1) == 0 and c <= 256 and src.is_contiguous() and (
             bias is None or bias.dtype == src.dtype):
-        out = torch.empty(idx.shape[0], c, dtype=src.dtype, device=src.device)
         if idx.shape[0]:
             block = max(16, min(256, 4096 // c))
             with triton_launch(src.device):
                 _rows_kernel()[(-(-idx.shape[0] // block),)](
                     src, idx.contiguous(), bias if bias is not None else src, out, idx.shape[0], src.shape[0] - 1,
-                    C=c, BLOCK_N=block, HAS_BIAS=bias is not None, RELU=relu, num_warps=4)
+                    out.stride(0), C=c, BLOCK_N=block, HAS_BIAS=bias is not None, RELU=relu, num_warps=4)
         return out
-    out = src.index_select(0, idx)
+    res = src.index_select(0, idx)
     if bias is not None:
-        out = out + bias
-    return torch.relu_(out) if relu else out
+        res = res + bias
+    return out.copy_(torch.relu_(res) if relu else res)
 
 
 @functools.lru_cache(maxsize=1)
@@ -234,12 +247,16 @@ def take_rows(src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def gather_conv(xs: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                relu: bool = True) -> torch.Tensor:
-    """The Triton kernel where it applies (CUDA, supported shapes, no autocast mixing), the reference otherwise."""
+                relu: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton kernel where it applies (CUDA, supported shapes, no autocast mixing), the reference otherwise.
+    ``out``: where to write the (N, Cout) result (see ``_check_out``; e.g. a column slice of a concatenation)."""
     if torch.is_autocast_enabled(xs.device.type):  # autocast: run in its compute dtype like addmm would
         dtype = torch.get_autocast_dtype(xs.device.type)
         xs, weight = xs.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
     if triton_supports(xs, weight):
-        return gather_conv_triton(xs, table, weight, bias, relu)
-    return gather_conv_torch(xs, table, weight, bias, relu)
+        return gather_conv_triton(xs, table, weight, bias, relu, out)
+    res = gather_conv_torch(xs, table, weight, bias, relu)
+    if out is None:
+        return res
+    return _check_out(out, res.shape[0], res.shape[1], res.dtype, res.device).copy_(res)

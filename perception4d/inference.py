@@ -98,6 +98,8 @@ def submission_flow(prediction, frame_id: str = "") -> SubmissionFlow:
     """Finite flow and dynamic flags of a ``FlowPrediction``; non-finite rows are zeroed, counted and logged."""
     flow = np.asarray(prediction.flow, np.float32)
     dynamic = np.asarray(prediction.is_dynamic, bool)
+    if np.isfinite(flow).all():  # the usual case, over the flat array (a row-wise all() costs ~10x more)
+        return SubmissionFlow(flow=flow, is_dynamic=dynamic, non_finite=0)
     bad = ~np.isfinite(flow).all(axis=1)
     n_bad = int(bad.sum())
     if n_bad:

@@ -57,9 +57,33 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
 
-def _with_sentinel(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with one zero row appended (the row missing neighbours read)."""
-    return torch.cat([x, x.new_zeros(1, x.shape[1])], 0)
+def _sentinel_buffer(n: int, c: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An (n + 1, c) buffer whose last row (the sentinel) is zero: layers write rows :n in place, no copy."""
+    buf = torch.empty(n + 1, c, dtype=dtype, device=like.device)
+    buf[n].zero_()
+    return buf
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer computes in: autocast's on its device when enabled, else the input's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _cast(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Parameter ``name`` of ``module`` in ``dtype``, cast once and kept while the parameter is unchanged (autocast
+    would cast every weight on every call: a kernel each, ~40 a frame). Keyed on the parameter's storage and
+    version counter, so in-place updates (``load_state_dict``) and moves (``.to``) cast again."""
+    p = getattr(module, name)
+    if p.dtype == dtype:
+        return p
+    key = (dtype, p.data_ptr(), p._version, p.device)
+    cache = module.__dict__.setdefault("_casts", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, p.detach().to(dtype))
+    return hit[1]
 
 
 class _Conv(nn.Module):
@@ -72,9 +96,12 @@ class _Conv(nn.Module):
         self.weight = _param(_conv_matrix(conv.weight))
         self.bias = _param(conv.bias)
 
-    def forward(self, xs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """xs: (N_in + 1, Cin) features with the sentinel row; table: (K, N_out) rows of ``xs``."""
-        return gather_conv(xs, table, self.weight, self.bias, relu=True)
+    def forward(self, xs: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """xs: (N_in + 1, Cin) features with the sentinel row; table: (K, N_out) rows of ``xs``; ``out``: where to
+        write the (N_out, Cout) result (a view of a larger buffer works)."""
+        dtype = _compute_dtype(xs)
+        return gather_conv(xs.to(dtype), table, _cast(self, "weight", dtype), _cast(self, "bias", dtype), relu=True,
+                           out=out)
 
 
 class _Linear(nn.Module):
@@ -83,8 +110,18 @@ class _Linear(nn.Module):
         self.weight = _param(linear.weight.t())
         self.bias = _param(linear.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu_(torch.addmm(self.bias, x, self.weight))
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        w, b = _cast(self, "weight", dtype), _cast(self, "bias", dtype)
+        if out is None:
+            return torch.relu_(torch.addmm(b, x.to(dtype), w))
+        return torch.relu_(torch.addmm(b, x.to(dtype), w, out=out))
+
+    def sentinel(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` into rows :N of an (N + 1, Cout) buffer with a zero last row."""
+        buf = _sentinel_buffer(x.shape[0], self.weight.shape[1], x, _compute_dtype(x))
+        self(x, out=buf[:-1])
+        return buf
 
 
 class _Block(nn.Module):
@@ -97,10 +134,15 @@ class _Block(nn.Module):
         self.fuse = _Linear(block.fuse)
 
     def forward(self, xs: torch.Tensor, tables: dict) -> torch.Tensor:
-        n = tables[SPACE].shape[1]
-        s = self.space(xs, tables[SPACE])
-        t = self.time(xs, tables[TIME])
-        return _with_sentinel(self.fuse(torch.cat([xs[:n], s, t], 1)))
+        """The fusion of [x, space(x), time(x)]: the convolutions write their column blocks of one buffer."""
+        n, c = tables[SPACE].shape[1], xs.shape[1]
+        dtype = _compute_dtype(xs)
+        cs, ct = self.space.weight.shape[1], self.time.weight.shape[1]
+        cat = torch.empty(n, c + cs + ct, dtype=dtype, device=xs.device)
+        cat[:, :c].copy_(xs[:n])
+        self.space(xs, tables[SPACE], out=cat[:, c:c + cs])
+        self.time(xs, tables[TIME], out=cat[:, c + cs:])
+        return self.fuse.sentinel(cat)
 
 
 class _Up(nn.Module):
@@ -118,10 +160,14 @@ class _Up(nn.Module):
     def forward(self, coarse: torch.Tensor, up_rows: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """coarse: (N_next + 1, Cin) with sentinel; up_rows: (N,) flat rows; skip: (N + 1, Cout) with sentinel."""
         n_next = coarse.shape[0] - 1
-        children = (coarse[:n_next] @ self.weight).view(n_next * 8, self.cout)
-        bias = self.bias if self.bias.dtype == children.dtype else self.bias.to(children.dtype)
-        x = gather_rows(_with_sentinel(children), up_rows, bias, relu=True)
-        return _with_sentinel(self.fuse(torch.cat([x, skip[:-1]], 1)))
+        dtype = _compute_dtype(coarse)
+        children = _sentinel_buffer(n_next * 8, self.cout, coarse, dtype)  # every child row, then the sentinel
+        torch.mm(coarse[:n_next].to(dtype), _cast(self, "weight", dtype), out=children[:-1].view(n_next, 8 * self.cout))
+        n, cs = up_rows.shape[0], skip.shape[1]
+        cat = torch.empty(n, self.cout + cs, dtype=dtype, device=coarse.device)
+        gather_rows(children, up_rows, _cast(self, "bias", dtype), relu=True, out=cat[:, :self.cout])
+        cat[:, self.cout:].copy_(skip[:-1])
+        return self.fuse.sentinel(cat)
 
 
 class GatherUNet(UNetLevels, nn.Module):
@@ -158,14 +204,18 @@ class GatherUNet(UNetLevels, nn.Module):
         lv = plan.levels
         if not torch.is_autocast_enabled(features.device.type):
             features = features.to(self.stem.weight.dtype)
-        x = _with_sentinel(self.stem(features))
+        x = self.stem.sentinel(features)
         skips = []
         for lvl, blocks in enumerate(self.enc):
             for block in blocks:
                 x = block(x, lv[lvl].subm)
             if lvl < len(self.down):
                 skips.append(x)
-                x = _with_sentinel(self.down[lvl](x, lv[lvl].down))
+                down = self.down[lvl]
+                n_next = lv[lvl].down.shape[1]
+                buf = _sentinel_buffer(n_next, down.weight.shape[1], x, _compute_dtype(x))
+                down(x, lv[lvl].down, out=buf[:-1])
+                x = buf
         for lvl in reversed(range(len(self.up))):
             x = self.dec[lvl](self.up[lvl](x, lv[lvl].up, skips[lvl]), lv[lvl].subm)
         return x[:-1]

@@ -187,3 +187,25 @@ def test_deferred_capacity_check_reports_the_overflow_and_the_frame_fits_when_ru
     assert runner.captures_made == 2
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     assert runner.settle()  # nothing pending: True
+
+
+def test_weights_cast_once_under_autocast_follow_in_place_updates():
+    """Under autocast the engine casts each weight once and keeps it (no cast kernel per layer and frame); an
+    in-place update of the parameters (load_state_dict) is seen at the next call."""
+    engine = GatherUNet(fuse_backbone(_random_backbone()), cuda_graphs=False)
+    x = _input(2, 800, (24, 20, 8, 3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = engine(x).features
+        cached = engine.stem._casts["weight"][1]
+        again = engine(x).features
+        assert engine.stem._casts["weight"][1] is cached  # not cast again
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        state = {k: v * 1.5 for k, v in engine.state_dict().items()}
+        engine.load_state_dict(state)
+        fresh = copy.deepcopy(engine)
+        for m in fresh.modules():
+            m.__dict__.pop("_casts", None)
+        updated, want = engine(x).features, fresh(x).features
+    assert engine.stem._casts["weight"][1] is not cached
+    assert not torch.equal(updated, first)
+    torch.testing.assert_close(updated, want, rtol=0, atol=0)
