@@ -5,7 +5,7 @@ A runtime config is an mmengine config file with these keys (only
 
     model_sets = [dict(name="flowmos", config=..., checkpoint=None, device="cuda:0"),
                   dict(name="occupancy", config=..., checkpoint=None, device="cuda:1")]
-    workers = "thread"        # inline | thread | process
+    workers = "auto"          # auto | inline | thread | process (auto: process on 2+ CUDA devices, else inline)
     group = "device"          # device: one worker per device; model: one worker per model set
     amp = None                # None: fp16 autocast on CUDA
     mos_fusion = False        # also the receding-horizon fused MOS
@@ -25,7 +25,7 @@ from perception4d.errors import ConfigError
 from perception4d.runtime.models import ModelSpec
 from perception4d.runtime.parallel import GROUPINGS, ParallelPredictor
 from perception4d.runtime.policy import FramePolicy
-from perception4d.runtime.workers import WORKER_KINDS, PredictorOptions
+from perception4d.runtime.workers import WORKER_CHOICES, PredictorOptions
 
 KEYS = ("model_sets", "workers", "group", "amp", "mos_fusion", "max_gap_s", "max_in_flight")
 MODEL_KEYS = ("name", "config", "checkpoint", "device", "cfg_options", "init_seed")
@@ -34,7 +34,7 @@ MODEL_KEYS = ("name", "config", "checkpoint", "device", "cfg_options", "init_see
 @dataclass
 class RuntimeConfig:
     model_sets: tuple[ModelSpec, ...]
-    workers: str = "thread"
+    workers: str = "auto"
     group: str = "device"
     amp: bool | None = None
     mos_fusion: bool = False
@@ -83,9 +83,9 @@ def load_runtime_config(path: str | Path) -> RuntimeConfig:
         specs.append(ModelSpec(name=m["name"], config=m.get("config"), checkpoint=m.get("checkpoint"),
                                device=str(m.get("device", "cpu")), cfg_options=dict(m.get("cfg_options") or {}),
                                init_seed=int(m.get("init_seed", 0))))
-    workers = cfg.get("workers", "thread")
-    if workers not in WORKER_KINDS:
-        raise ConfigError(f"{path}: workers must be one of {WORKER_KINDS}, got {workers!r}")
+    workers = cfg.get("workers", "auto")
+    if workers not in WORKER_CHOICES:
+        raise ConfigError(f"{path}: workers must be one of {WORKER_CHOICES}, got {workers!r}")
     group = cfg.get("group", "device")
     if group not in GROUPINGS:
         raise ConfigError(f"{path}: group must be one of {GROUPINGS}, got {group!r}")

@@ -6,7 +6,11 @@ per device (``group="device"``: one worker per device, one upload of each sweep
 per device, its networks one after another) or one worker each
 (``group="model"``: e.g. two streams on one GPU, two CPU workers). Workers are
 ``inline`` (the caller's thread: the sequential baseline), ``thread`` (own
-CUDA stream each) or ``process`` (spawned, no shared GIL).
+CUDA stream each) or ``process`` (spawned, no shared GIL); ``auto`` (the
+default): process workers for model sets on two CUDA devices or more, else
+inline (the measured winners; thread workers on CUDA log a warning: an open
+race has made the occupancy network's outputs differ from the sequential
+run's in some GPU runs).
 
 Fallback: a model set asking for a CUDA device that does not exist runs on
 ``cuda:(index % device_count)``, or on the CPU without CUDA; ``layout_notes``
@@ -43,7 +47,7 @@ from perception4d.runtime.policy import FramePolicy, StreamGate
 from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
 from perception4d.runtime.sweeps import StagingPool
 from perception4d.runtime.timing import StageTimes
-from perception4d.runtime.workers import (WORKER_KINDS, Fatal, FlushJob, Flushed, FrameSlots, Job, PredictorOptions,
+from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, Job, PredictorOptions,
                                           Ready, Reply, ReplyBuffers, StartFailed, WireFrame, Worker, WorkerSpec)
 
 log = logging.getLogger("perception4d.runtime")
@@ -101,6 +105,18 @@ def resolve_device(requested: str, cuda_count: int) -> tuple[torch.device, str]:
     return torch.device("cuda", index), ""
 
 
+def resolve_workers(workers: str, devices: Sequence[str]) -> str:
+    """The worker kind for workers on ``devices``: ``auto`` is process for two CUDA devices or more, else inline
+    (see the module docstring); thread workers on CUDA log the open race."""
+    cuda_devices = {str(d) for d in devices if torch.device(d).type == "cuda"}
+    if workers == "auto":
+        return "process" if len(devices) > 1 and len(cuda_devices) > 1 else "inline"
+    if workers == "thread" and cuda_devices:
+        log.warning("thread workers on CUDA: the occupancy network's outputs have been seen to differ from the "
+                    "sequential run's in some runs (an open race); process workers are the tested choice")
+    return workers
+
+
 def plan_workers(models: Sequence[ModelSpec], group: str = "device", options: PredictorOptions = PredictorOptions(),
                  cuda_count: int | None = None, **limits) -> tuple[list[WorkerSpec], list[str]]:
     """Worker specs (model sets grouped per resolved device, or one per model set) and layout notes."""
@@ -132,7 +148,7 @@ class ParallelPredictor:
     ``outputs=("flow", "mos", "occupancy")``: occupancy classes without velocities (None: as ``options`` says).
     """
 
-    def __init__(self, models: Sequence[ModelSpec], *, workers: str = "thread", group: str = "device",
+    def __init__(self, models: Sequence[ModelSpec], *, workers: str = "auto", group: str = "device",
                  options: PredictorOptions = PredictorOptions(), policy: FramePolicy | None = None,
                  max_in_flight: int = 2, start_timeout_s: float = 900.0, reply_timeout_s: float = 600.0,
                  cuda_count: int | None = None, outputs: Sequence[str] | None = None,
@@ -141,13 +157,13 @@ class ParallelPredictor:
             options = replace(options, outputs=tuple(outputs))
         if velocity_dtype is not None:
             options = replace(options, velocity_dtype=velocity_dtype)
-        if workers not in WORKER_KINDS:
-            raise ConfigError(f"workers must be one of {WORKER_KINDS}, got {workers!r}")
+        if workers not in WORKER_CHOICES:
+            raise ConfigError(f"workers must be one of {WORKER_CHOICES}, got {workers!r}")
         if int(max_in_flight) < 1:
             raise ConfigError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.kind = workers
         self.model_names = [m.name for m in models]
         self.specs, self.layout_notes = plan_workers(models, group, options, cuda_count, **limits)
+        self.kind = resolve_workers(workers, [s.device for s in self.specs])
         for note in self.layout_notes:
             (log.warning if "asked" in note else log.info)("layout: %s", note)
         self.gate = StreamGate(policy)

@@ -64,6 +64,9 @@ from perception4d.runtime.sweeps import HostSweep, StagingPool, SweepRing
 log = logging.getLogger("perception4d.runtime")
 
 WORKER_KINDS = ("inline", "thread", "process")
+#: what a runtime may be asked for: a kind, or "auto" (process workers for model sets on two CUDA devices or more,
+#: else inline: the measured winner, docs/benchmarks.md)
+WORKER_CHOICES = ("auto", *WORKER_KINDS)
 #: thread workers build their networks one at a time: parsing configs (``ast``) in two threads at once can fail
 #: in CPython 3.11 ("AST constructor recursion depth mismatch")
 _BUILD_LOCK = threading.Lock()

@@ -87,6 +87,18 @@ def test_fallback_layout_without_enough_gpus():
         plan_workers([models[0], models[0]])
 
 
+def test_auto_workers_are_processes_on_two_gpus_else_inline(caplog):
+    from perception4d.runtime.parallel import resolve_workers
+
+    assert resolve_workers("auto", ["cuda:0", "cuda:1"]) == "process"
+    assert resolve_workers("auto", ["cuda:0", "cuda:0"]) == "inline"
+    assert resolve_workers("auto", ["cpu", "cpu"]) == "inline" and resolve_workers("auto", ["cuda:0"]) == "inline"
+    assert resolve_workers("process", ["cpu"]) == "process"
+    with caplog.at_level("WARNING", logger="perception4d.runtime"):
+        assert resolve_workers("thread", ["cuda:0", "cuda:1"]) == "thread"
+    assert "open race" in caplog.text
+
+
 def test_a_worker_that_cannot_start_is_reported():
     bad = ModelSpec("broken", config=str(CONFIGS / "no_such_config.py"))
     with pytest.raises(WorkerError, match=r"worker broken failed to start[\s\S]*no_such_config.py not found"):
