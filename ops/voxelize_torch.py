@@ -55,6 +55,22 @@ def decode_keys(keys: torch.Tensor, dims: tuple[int, int, int, int, int]) -> tor
     return out.to(torch.int32)
 
 
+def _sorted_runs(keys: torch.Tensor, dims: tuple[int, int, int, int, int]):
+    """Runs of equal keys: (sorted keys, run index of each sorted point, run index of each point, number of runs
+    as a (1,) device tensor). The dropped points' key is the largest: their run is last."""
+    n, device = keys.shape[0], keys.device
+    if math.prod(dims) < 2**31 - 1:  # the keys (and the dropped points' key) fit in 32 bits: half the sort passes
+        keys = keys.to(torch.int32)
+    sorted_keys, order = torch.sort(keys)
+    first = torch.ones(n, dtype=torch.bool, device=device)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    run = torch.cumsum(first, 0) - 1  # voxel row of each sorted point
+    inverse = torch.empty_like(run)
+    inverse[order] = run
+    num_runs = run[-1:] + 1 if n else torch.zeros(1, dtype=torch.int64, device=device)
+    return sorted_keys, run, inverse, num_runs
+
+
 def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor | None,
                    lower: torch.Tensor, upper: torch.Tensor, voxel_size: torch.Tensor,
                    dims: tuple[int, int, int, int, int],
@@ -67,23 +83,15 @@ def voxelize_torch(points: torch.Tensor, time: torch.Tensor, batch: torch.Tensor
     ``read_back``: further int64 values on the device (e.g. index ranges to check) read in the same
     device-to-host copy as the voxel count; returned as a list (empty without them).
     """
-    n, c = points.shape
+    c = points.shape[1]
     device = points.device
     keys, keep, drops = point_keys(points, time, batch, lower, upper, voxel_size, dims)
-    if math.prod(dims) < 2**31 - 1:  # the keys (and the dropped points' key) fit in 32 bits: half the sort passes
-        keys = keys.to(torch.int32)
-    sorted_keys, order = torch.sort(keys)
-    first = torch.ones(n, dtype=torch.bool, device=device)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    run = torch.cumsum(first, 0) - 1  # voxel row of each sorted point (dropped points: the last run)
-    inverse = torch.empty_like(run)
-    inverse[order] = run
-    num_runs = run[-1:] + 1 if n else torch.zeros(1, dtype=torch.int64, device=device)
+    sorted_keys, run, inverse, num_runs = _sorted_runs(keys, dims)
     extra = [] if read_back is None else [read_back.to(device=device, dtype=torch.int64).reshape(-1)]
     values = torch.cat([num_runs, drops, *extra]).tolist()  # the one synchronisation
     runs, n_oor, n_nf = values[:3]
     v = runs - (1 if n_oor + n_nf else 0)  # the dropped points' run is last
-    ukeys = torch.zeros(runs, dtype=keys.dtype, device=device).scatter_(0, run, sorted_keys)[:v].to(torch.int64)
+    ukeys = torch.zeros(runs, dtype=sorted_keys.dtype, device=device).scatter_(0, run, sorted_keys)[:v].to(torch.int64)
     p2v = torch.where(keep, inverse, torch.full_like(inverse, -1))
     sums = torch.zeros((runs, c), dtype=torch.float64, device=device)
     sums.index_add_(0, inverse, points.to(torch.float64))
@@ -108,23 +116,15 @@ def voxelize_static(points: torch.Tensor, time: torch.Tensor, lower: torch.Tenso
     """
     if dims[0] != 1:
         raise ValueError(f"voxelize_static: one window (dims[0] == 1), got dims {dims}")
-    n, c = points.shape
+    c = points.shape[1]
     device = points.device
     keys, keep, drops = point_keys(points, time, None, lower, upper, voxel_size, dims)
     drop_key = math.prod(dims)
-    if drop_key < 2**31 - 1:
-        keys = keys.to(torch.int32)
-    sorted_keys, order = torch.sort(keys)
-    first = torch.ones(n, dtype=torch.bool, device=device)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    run = torch.cumsum(first, 0) - 1
-    inverse = torch.empty_like(run)
-    inverse[order] = run
-    runs = run[-1:] + 1 if n else torch.zeros(1, dtype=torch.int64, device=device)
+    sorted_keys, run, inverse, runs = _sorted_runs(keys, dims)
     num_voxels = runs - (drops.sum() > 0).to(torch.int64)  # the dropped points' run is last
     # runs beyond the capacity (overflow) and the dropped points write one scratch row, cut off
     slot = run.clamp(max=capacity)
-    ukeys = torch.full((capacity + 1,), drop_key, dtype=keys.dtype, device=device).scatter_(0, slot, sorted_keys)
+    ukeys = torch.full((capacity + 1,), drop_key, dtype=sorted_keys.dtype, device=device).scatter_(0, slot, sorted_keys)
     row = torch.where(keep, inverse.clamp(max=capacity), torch.full_like(inverse, capacity))
     sums = torch.zeros((capacity + 1, c), dtype=torch.float64, device=device).index_add_(0, row, points.double())
     counts = torch.zeros(capacity + 1, dtype=torch.int64, device=device).index_add_(0, row, torch.ones_like(row))

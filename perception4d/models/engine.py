@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,8 +114,6 @@ class _Linear(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         dtype = _compute_dtype(x)
         w, b = _cast(self, "weight", dtype), _cast(self, "bias", dtype)
-        if out is None:
-            return torch.relu_(torch.addmm(b, x.to(dtype), w))
         return torch.relu_(torch.addmm(b, x.to(dtype), w, out=out))
 
     def sentinel(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,8 +256,34 @@ class GatherUNet(UNetLevels, nn.Module):
 
 
 
-def _round_up(n: int, quantum: int) -> int:
+def round_up(n: int, quantum: int) -> int:
+    """``n`` rounded up to a multiple of ``quantum`` (at least one quantum): a capacity."""
     return max(quantum, -(-int(n) // quantum) * quantum)
+
+
+def capture_graph(run: Callable[[], object], device: torch.device, warmup: int = 2):
+    """``run()`` warmed up ``warmup`` times on a side stream (library handles, Triton's autotuning, constants,
+    the allocator), then captured in a CUDA graph; returns (graph, what the captured call returned). Callers
+    hold ``CAPTURE_LOCK``."""
+    prev = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(prev)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    prev.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        # an explicit capture stream on this device: torch's default capture stream is created once, on
+        # whichever device captured first, and a capture on another device through it fails
+        capture = torch.cuda.Stream(device)
+        with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+            result = run()
+    finally:
+        # a failed capture can leave the capture stream current: give the caller its stream back
+        if torch.cuda.current_stream(device) != prev:
+            torch.cuda.set_stream(prev)
+    return graph, result
 
 
 class _Capture:
@@ -270,32 +295,15 @@ class _Capture:
         self.coords = torch.zeros(capacities[0], 5, dtype=torch.int32, device=device)
         self.features = torch.zeros(capacities[0], in_channels, dtype=dtype, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.graph = torch.cuda.CUDAGraph()
 
         def run():
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 plan = engine.plan(self.coords, spatial_shape, batch_size, count=self.count,
                                    capacities=capacities[1:])
-                return engine.execute(self.features, plan), plan.counts, plan.overflow
+                out = engine.execute(self.features, plan)
+            return out, torch.cat([plan.overflow.view(1).to(torch.int64), plan.counts])  # read back in one copy
 
-        prev = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(prev)
-        with torch.cuda.stream(side):  # warm-up outside the capture (library handles, constants, allocator)
-            for _ in range(2):
-                run()
-        prev.wait_stream(side)
-        try:
-            # an explicit capture stream on this device: torch's default capture stream is created once, on
-            # whichever device captured first, and a capture on another device through it fails
-            capture = torch.cuda.Stream(device)
-            with torch.cuda.graph(self.graph, stream=capture, capture_error_mode="thread_local"):
-                self.out, counts, overflow = run()
-                self.status = torch.cat([overflow.view(1).to(torch.int64), counts])  # read back in one copy
-        finally:
-            # a failed capture can leave the capture stream current: give the caller its stream back
-            if torch.cuda.current_stream(device) != prev:
-                torch.cuda.set_stream(prev)
+        self.graph, (self.out, self.status) = capture_graph(run, device)
 
     def replay(self, features: torch.Tensor, coords: torch.Tensor) -> None:
         n = coords.shape[0]
@@ -347,7 +355,7 @@ class GraphedUNet:
         self.pending: _Pending | None = None  # the last replay, unchecked (``defer_checks``)
 
     def _capacities(self, counts: list[int], old: tuple[int, ...] | None) -> tuple[int, ...]:
-        caps = tuple(_round_up(c * self.margin, self.quantum if i == 0 else max(self.quantum // 8, 64))
+        caps = tuple(round_up(c * self.margin, self.quantum if i == 0 else max(self.quantum // 8, 64))
                      for i, c in enumerate(counts))
         return caps if old is None else tuple(max(a, b) for a, b in zip(caps, old))
 

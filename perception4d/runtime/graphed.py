@@ -47,7 +47,7 @@ from perception4d.core.geometry import Geometry
 from perception4d.core.labels import OCC_FREE
 from perception4d.core.sparse import SparseTensor4D
 from perception4d.core.voxelize import voxelize
-from perception4d.models.engine import CAPTURE_LOCK, GatherUNet
+from perception4d.models.engine import CAPTURE_LOCK, GatherUNet, capture_graph, round_up
 from perception4d.models.heads.flow import DYNAMIC_SPEED, FlowHead
 from perception4d.models.heads.mos import MosHead
 from perception4d.models.heads.occupancy import OccupancyHead, OccupancyOutput as RawOccupancy
@@ -107,10 +107,6 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _round_up(n: int, quantum: int) -> int:
-    return max(quantum, -(-int(n) // quantum) * quantum)
-
-
 @dataclass(frozen=True)
 class Capacities:
     points: int  # window rows (the rest of the buffer NaN)
@@ -156,42 +152,24 @@ class _Static:
             batch = BatchedWindows(sparse=sparse, points=self.points, time=self.time, source_rows=self.source_rows,
                                    source_batch=torch.zeros_like(self.source_rows), ego_flow=ego_flow,
                                    dt=self.dt.expand(caps.sweep), source_counts=[caps.sweep], samples=[])
-            heads = dict(model.heads.items())
-            mos_batch = None
-            if self.mos_newest and "mos" in heads:  # the newest sweep's points alone
+            inputs = {task: (point_feats, batch) for task in model.heads}
+            if self.mos_newest and "mos" in inputs:  # the newest sweep's points alone
                 rows = self.newest_rows
-                mos_batch = replace(batch, sparse=replace(sparse, point_to_voxel=take_rows(sparse.point_to_voxel,
-                                                                                           rows)))
-                mos_points = take_rows(point_feats, rows)
-            raw = {task: head(x, mos_points, mos_batch) if task == "mos" and mos_batch is not None else
-                   head(x, point_feats, batch) for task, head in heads.items()}
-        self.out, host = device_outputs(model.heads, raw, batch, self.outputs, self.velocity_dtype)
-        if mos_batch is not None and "mos_in_grid" in self.out:
-            self.out["mos_in_grid"] = mos_batch.sparse.point_to_voxel >= 0
-        if host:  # ``unsupported`` keeps such heads out
-            raise RuntimeError(f"StepGraph: heads {sorted(host)} have no device outputs")
+                inputs["mos"] = (take_rows(point_feats, rows), replace(batch, sparse=replace(
+                    sparse, point_to_voxel=take_rows(sparse.point_to_voxel, rows))))
+            raw = {task: head(x, *inputs[task]) for task, head in model.heads.items()}
+        self.out = {}
+        for task, head in model.heads.items():  # each head's reductions on the batch it ran on
+            out, host = device_outputs({task: head}, raw, inputs[task][1], self.outputs, self.velocity_dtype)
+            if host:  # ``unsupported`` keeps such heads out
+                raise RuntimeError(f"StepGraph: head {task!r} has no device outputs")
+            self.out.update(out)
         overflow = (plan.overflow | (num_voxels[0] > caps.voxels[0])).view(1).to(torch.int64)
         self.status = torch.cat([num_voxels, drops, overflow, plan.counts[1:]])
 
     def _capture(self) -> None:
-        dev = self.device
-        prev = torch.cuda.current_stream(dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(prev)
-        with CAPTURE_LOCK, torch.cuda.device(dev):
-            with torch.cuda.stream(side):  # warm-up outside the capture (Triton, cuDNN, library handles, constants)
-                for _ in range(2):
-                    self.run()
-            prev.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                capture = torch.cuda.Stream(dev)  # one of this device (see engine._Capture)
-                with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
-                    self.run()
-            finally:
-                if torch.cuda.current_stream(dev) != prev:
-                    torch.cuda.set_stream(prev)
-        self.graph = graph
+        with CAPTURE_LOCK, torch.cuda.device(self.device):
+            self.graph, _ = capture_graph(self.run, self.device)
 
     def replay(self) -> None:
         if self.graph is None:
@@ -242,9 +220,9 @@ class StepGraph:
         """Capacities for these sizes (+ margin, rounded up), and at least the current ones with ``keep``."""
         old = self.static.caps if self.static is not None and keep else None
         q, qc = self.quantum, max(self.quantum // 8, 64)
-        p = _round_up(points * self.margin, q)
-        s = _round_up(sweep * self.margin, q)
-        v = None if voxels is None else tuple(_round_up(c * self.margin, q if i == 0 else qc)
+        p = round_up(points * self.margin, q)
+        s = round_up(sweep * self.margin, q)
+        v = None if voxels is None else tuple(round_up(c * self.margin, q if i == 0 else qc)
                                               for i, c in enumerate(voxels))
         if old is not None:
             p, s = max(p, old.points), max(s, old.sweep)
@@ -331,7 +309,7 @@ class StepGraph:
             self._small.clear()
             self._rebuild(self._grown(largest[0], largest[1], largest[2:], keep=False), st.points.shape[1])
 
-    def grow(self, window: GraphedWindow, status: np.ndarray) -> None:
+    def grow(self, window: GraphedWindow) -> None:
         """After an overflow: capture again at the window's exact sizes (+ margin)."""
         st = self.static
         self._small.clear()

@@ -437,11 +437,11 @@ class Predictor:
         result = step.result
         try:
             self.copies.wait()  # every output is on the host after it
-            if not self._settle(step):  # a graph outgrew its capacities: the window once more, grown
+            if not self._settle(step.window, step.staged):  # a graph outgrew its capacities: once more, grown
                 self.timer.reset()
                 step.window, step.staged = self._forward(self.ring)
                 self.copies.wait()
-                if not self._settle(step):
+                if not self._settle(step.window, step.staged):
                     raise RuntimeError(f"{self.name}: the sparse engine overflowed twice on one window")
             t_out = time.perf_counter()
             self._outputs(result, step.window, step.staged)
@@ -603,20 +603,17 @@ class Predictor:
         if occ is not None:
             result.occupancy = OccupancyOutput(newest.frame_id, newest.timestamp_ns, occ)
 
-    def _settle(self, step: LaunchedStep | None = None) -> bool:
-        """The deferred checks of this step (the step graph's status, ``GatherUNet.settle``), after the step's
+    def _settle(self, window: StepWindow, staged: StagedOutputs) -> bool:
+        """The deferred checks of a step (the step graph's status, ``GatherUNet.settle``), after the step's
         synchronisation; False: a capacity was exceeded, the capture has grown and the step must run again."""
-        if self.graph is not None:
-            if step is None or step.staged is None or step.staged.status is None:
-                return True
-            window = step.window
-            status = self.copies.take(step.staged.status)
+        if window.graphed is not None:
+            status = self.copies.take(staged.status)
             fits, window.voxels, window.out_of_range, window.non_finite = self.graph.read_status(
                 window.graphed, status)
             if not fits:
                 log.info("%s: the step graph's capacities were exceeded (%d voxels); capturing it again",
                          self.name, window.voxels)
-                self.graph.grow(window.graphed, status)
+                self.graph.grow(window.graphed)
             return fits
         settle = getattr(self.loaded.model.backbone, "settle", None)
         return True if settle is None else settle()
@@ -639,7 +636,7 @@ class Predictor:
             if k >= first:
                 window, staged = self._forward(ring)  # the outputs' copies too (their buffers); no results built
                 self.copies.wait()
-                self._settle(LaunchedStep(None, [], 0.0, 0.0, window, staged))  # an overflow grows the capture
+                self._settle(window, staged)  # an overflow grows the capture here, before the first real frame
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timer.reset()
