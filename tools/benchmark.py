@@ -529,7 +529,8 @@ def bench_parallel(args: argparse.Namespace) -> None:
     from dataclasses import replace as dc_replace
 
     from perception4d.runtime.config import load_runtime_config
-    from perception4d.runtime.measure import measure, stream_frames
+    from perception4d.runtime.measure import HANDOFF_FIELDS, measure, stream_frames
+    from perception4d.runtime.timing import STAGES
     from perception4d.sim import get_preset
 
     rc = load_runtime_config(args.runtime_config)
@@ -572,8 +573,16 @@ def bench_parallel(args: argparse.Namespace) -> None:
     print()
     stage_rows = [[label, model, *(f"{v:.1f}" for v in st.values())] for label, _, _, s in results
                   for model, st in s.stage_ms.items()]
-    print(markdown_table(["configuration", "model set", "ingest", "align", "voxelize", "encoder", "backbone", "head",
-                          "outputs", "total"], stage_rows))
+    print(markdown_table(["configuration", "model set", *STAGES, "total"], stage_rows))
+    print()
+    handoff_rows = [[label, f"{s.submit_ms:.2f}", worker, *(f"{v:.2f}" for v in h.values()),
+                     f"{s.p50 - s.submit_ms - sum(h.values()):.2f}"]
+                    for label, _, _, s in results for worker, h in s.handoff_ms.items()]
+    print("where the latency goes (medians in ms of the latency run): submit (the caller: gate, preparation), "
+          "then per worker: to worker, run (its step), encode, to caller, decode; rest: latency p50 "
+          "minus these (waiting for the other worker, joining)")
+    print()
+    print(markdown_table(["configuration", "submit", "worker", *HANDOFF_FIELDS, "rest"], handoff_rows))
     print()
     best = max((s for label, _, _, s in results if label.startswith("(b)")), key=lambda s: s.throughput_fps)
     print(f"best parallel ({best.label}): throughput {best.throughput_fps / seq.throughput_fps:.2f}x of (a) "

@@ -4,7 +4,7 @@ _base_ = ["./flowmos_occ_2gpu.py"]
 model_sets = [
     dict(name="flowmos", config="{{ fileDirname }}/../flowmos_sparseunet_5f_sim.py", checkpoint=None,
          device="cuda:0"),
-    dict(name="occupancy", config="{{ fileDirname }}/../occ_sparseunet_5f_sim.py", checkpoint=None,
+    dict(name="occupancy", checkpoint="{{ fileDirname }}/../../perception4d/checkpoints/occ_sparseunet_5f_sim.pth",
          device="cuda:0"),
 ]
 workers = "inline"

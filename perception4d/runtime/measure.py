@@ -11,7 +11,7 @@ keeps ``max_in_flight`` frames queued. Stage times come from the results
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from perception4d.core.frame import Frame
 from perception4d.runtime.parallel import FrameResult, ParallelPredictor
 from perception4d.runtime.predictor import Status
 from perception4d.runtime.timing import STAGES
+from perception4d.runtime.workers import HandOff
+
+HANDOFF_FIELDS = tuple(f.name for f in fields(HandOff))
 
 
 @dataclass
@@ -32,6 +35,8 @@ class StreamStats:
     failed: int = 0
     dropped: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model set -> stage -> median ms
+    submit_ms: float = 0.0  # median of the caller's time in submit before the hand-over (gate, preparation)
+    handoff_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # worker -> HandOff field -> median ms
 
     @property
     def p50(self) -> float:
@@ -56,38 +61,67 @@ def stream_frames(preset, unique: int, total: int, seed: int = 0) -> list[Frame]
             for k in range(int(total))]
 
 
-def _collect_stats(stats: StreamStats, results: list[FrameResult]) -> None:
-    stats.failed = sum(r.status == Status.FAILED for r in results)
-    stats.dropped = sum(r.status == Status.DROPPED for r in results)
-    per_model: dict[str, list] = {}
-    for r in results:
-        for name, res in r.results.items():
-            if res.status == Status.OK:
-                per_model.setdefault(name, []).append(res.timings.as_row())
-    for name, rows in per_model.items():
-        med = np.median(np.asarray(rows), axis=0)
-        stats.stage_ms[name] = dict(zip(list(STAGES) + ["total"], (float(v) for v in med)))
+@dataclass
+class _Seen:
+    """What a measurement keeps of one result (a streaming consumer lets the result itself go)."""
+
+    status: Status
+    latency_ms: float
+    submit_ms: float
+    stages: dict[str, list[float]]  # model set -> StageTimes row (its OK results)
+    handoff: dict[str, list[float]]  # worker -> HandOff row
+
+    @classmethod
+    def of(cls, r: FrameResult) -> "_Seen":
+        return cls(r.status, r.latency_ms, r.submit_ms,
+                   {n: res.timings.as_row() for n, res in r.results.items() if res.status == Status.OK},
+                   {w: h.as_row() for w, h in r.handoff.items()})
+
+
+def _medians(rows: dict[str, list[list[float]]], names) -> dict[str, dict[str, float]]:
+    return {key: dict(zip(names, (float(v) for v in np.median(np.asarray(values), axis=0))))
+            for key, values in rows.items()}
+
+
+def _collect_stats(stats: StreamStats, seen: list[_Seen]) -> None:
+    stats.failed = sum(r.status == Status.FAILED for r in seen)
+    stats.dropped = sum(r.status == Status.DROPPED for r in seen)
+    ok = [r for r in seen if r.status == Status.OK]
+    stats.latency_ms = [r.latency_ms for r in ok]
+    if ok:
+        stats.submit_ms = float(np.median([r.submit_ms for r in ok]))
+    stages: dict[str, list] = {}
+    handoff: dict[str, list] = {}
+    for r in seen:
+        for name, row in r.stages.items():
+            stages.setdefault(name, []).append(row)
+    for r in ok:
+        for worker, row in r.handoff.items():
+            handoff.setdefault(worker, []).append(row)
+    stats.stage_ms = _medians(stages, list(STAGES) + ["total"])
+    stats.handoff_ms = _medians(handoff, HANDOFF_FIELDS)
 
 
 def measure(predictor: ParallelPredictor, frames: list[Frame], label: str, warmup_frames: int = 5) -> StreamStats:
     """Latency over ``frames`` with ``step``, then throughput over the same frames re-timed after them.
 
-    The first ``warmup_frames`` of the stream run untimed (the window fills; allocators settle).
+    The first ``warmup_frames`` of the stream run untimed (the window fills; allocators settle). Each result is
+    let go once its figures are read, as a streaming consumer does (a process worker's results view its reply
+    arenas until then, ``perception4d.runtime.arena``).
     """
     stats = StreamStats(label, len(frames))
     period = frames[1].timestamp_ns - frames[0].timestamp_ns if len(frames) > 1 else 100_000_000
     for f in frames[:warmup_frames]:
         predictor.step(replace(f, timestamp_ns=f.timestamp_ns - (warmup_frames + 1) * period,
                                frame_id=f"warmup/{f.frame_id}"))
-    results = []
-    for f in frames:
-        results.append(predictor.step(f))
-    stats.latency_ms = [r.latency_ms for r in results if r.status == Status.OK]
-    _collect_stats(stats, results)
+    seen = [_Seen.of(predictor.step(f)) for f in frames]
+    _collect_stats(stats, seen)
     shift = frames[-1].timestamp_ns + period - frames[0].timestamp_ns
     later = [replace(f, timestamp_ns=f.timestamp_ns + shift, frame_id=f"{f.frame_id}+") for f in frames]
     t0 = time.perf_counter()
     for f in later:
+        while predictor.outstanding >= predictor.max_in_flight:
+            predictor.collect()
         predictor.submit(f)
     predictor.drain()
     stats.throughput_fps = len(later) / (time.perf_counter() - t0)

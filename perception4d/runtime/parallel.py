@@ -22,8 +22,10 @@ dropped frames never reach a worker. Each admitted frame is prepared once in
 the caller: staged in reused (pinned) host buffers for inline and thread
 workers, copied into a reused shared-memory slot for process workers
 (``perception4d.runtime.workers``). ``outputs`` says what the results carry
-(default: everything the networks predict); process workers send back only
-that, compactly. Results are joined per frame and handed
+(default: everything the networks predict). A process worker's outputs are
+copied by its device straight into shared memory that the results view in
+place (``perception4d.runtime.arena``; ``max_leased``: results a caller may
+hold before it gets copies). Results are joined per frame and handed
 out in submission order: ``step`` (one frame in flight: latency) or ``submit``
 / ``collect`` (up to ``max_in_flight`` frames in flight: throughput). A worker
 that runs out of memory answers that frame with a FAILED result naming it and
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from multiprocessing.connection import wait as wait_any
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -44,11 +47,12 @@ from perception4d.core.frame import Frame
 from perception4d.errors import ConfigError, Perception4DError
 from perception4d.runtime.models import ModelSpec
 from perception4d.runtime.policy import FramePolicy, StreamGate
+from perception4d.runtime.arena import ReplyPool
 from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
 from perception4d.runtime.sweeps import StagingPool
 from perception4d.runtime.timing import StageTimes
-from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, Job, PredictorOptions,
-                                          Ready, Reply, ReplyBuffers, StartFailed, WireFrame, Worker, WorkerSpec)
+from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, HandOff, Job,
+                                          PredictorOptions, Ready, Reply, StartFailed, WireFrame, Worker, WorkerSpec)
 
 log = logging.getLogger("perception4d.runtime")
 
@@ -70,6 +74,8 @@ class FrameResult:
     results: dict[str, Result] = field(default_factory=dict)  # by model set name, in configuration order
     latency_ms: float = 0.0  # submit -> all results joined (host wall time)
     message: str = ""
+    submit_ms: float = 0.0  # the caller's time in ``submit`` before the hand-over: the gate, the frame's preparation
+    handoff: dict[str, HandOff] = field(default_factory=dict)  # by worker: where the rest of the latency went
 
     def _first(self, task: str):
         return next((getattr(r, task) for r in self.results.values() if getattr(r, task) is not None), None)
@@ -146,13 +152,16 @@ class ParallelPredictor:
 
     ``outputs`` / ``velocity_dtype``: shorthands for the ``PredictorOptions`` fields of those names, e.g.
     ``outputs=("flow", "mos", "occupancy")``: occupancy classes without velocities (None: as ``options`` says).
+    ``max_leased``: process workers' results view shared reply arenas until they are garbage; past this many
+    frames' results alive per worker, the arrays are copied instead (see ``perception4d.runtime.arena``).
+    ``FrameResult.handoff`` says where each frame's time went between the caller and each worker.
     """
 
     def __init__(self, models: Sequence[ModelSpec], *, workers: str = "auto", group: str = "device",
                  options: PredictorOptions = PredictorOptions(), policy: FramePolicy | None = None,
                  max_in_flight: int = 2, start_timeout_s: float = 900.0, reply_timeout_s: float = 600.0,
                  cuda_count: int | None = None, outputs: Sequence[str] | None = None,
-                 velocity_dtype: str | None = None, **limits):
+                 velocity_dtype: str | None = None, max_leased: int = 4, **limits):
         if outputs is not None:
             options = replace(options, outputs=tuple(outputs))
         if velocity_dtype is not None:
@@ -173,19 +182,19 @@ class ParallelPredictor:
         self._pin = any(torch.device(s.device).type == "cuda" for s in self.specs)
         self.staging = StagingPool(pin=self._pin)  # inline / thread workers: each frame staged once, here
         self.frame_slots = FrameSlots()  # process workers: each frame copied once into shared memory
-        self._reply_buffers = ReplyBuffers()
         self._slot_of: dict[int, int] = {}  # seq -> its frame slot (process workers)
+        self.reply_pools = {s.name: ReplyPool(max_leased) for s in self.specs}  # process workers' reply arenas
         ctx = None
-        if workers == "process":
+        if self.kind == "process":
             import torch.multiprocessing as tmp
 
             ctx = tmp.get_context("spawn")
-            self._replies = ctx.Queue()
-        else:
-            self._replies = queue.Queue()
+        self._replies = queue.Queue()  # inline and thread workers answer here; process workers through their pipe
         self._workers: list[Worker] = []
         self._pending: dict[int, dict[str, list[Result]]] = {}
-        self._meta: dict[int, tuple[str, int, float]] = {}
+        self._handoffs: dict[int, dict[str, HandOff]] = {}
+        self._sent: dict[int, dict[str, float]] = {}  # seq -> worker -> when the job was handed over
+        self._meta: dict[int, tuple[str, int, float, float]] = {}  # seq -> frame id, timestamp, submitted, submit ms
         self._done: dict[int, FrameResult] = {}
         self._flushed: dict[int, dict[str, dict]] = {}
         self._next_seq = self._next_out = self._flush_count = 0
@@ -193,7 +202,7 @@ class ParallelPredictor:
         self.warmup_s: dict[str, float] = {}
         try:
             for spec in self.specs:
-                self._workers.append(Worker(spec, workers, self._replies, ctx))
+                self._workers.append(Worker(spec, self.kind, self._replies, ctx))
             self._wait_ready(start_timeout_s)
         except BaseException:
             self.close()
@@ -235,7 +244,13 @@ class ParallelPredictor:
     # -- streaming --------------------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
+        """Frames submitted and not answered by every worker yet."""
         return len(self._pending)
+
+    @property
+    def outstanding(self) -> int:
+        """Frames submitted and not collected yet (answered or not)."""
+        return self._next_seq - self._next_out
 
     def step(self, frame: Frame) -> FrameResult:
         """Submit one frame and wait for its joined result (earlier submitted results must be collected first)."""
@@ -268,9 +283,9 @@ class ParallelPredictor:
             job = Job(seq, admission, frame=frame, host=self.staging.stage(frame, non_finite=admission.non_finite))
         job.prep_ms = (time.perf_counter() - t_prep) * 1e3
         self._pending[seq] = {}
-        self._meta[seq] = (frame.frame_id, frame.timestamp_ns, t0)
-        for w in self._workers:
-            w.send(job, self.frame_slots)
+        self._handoffs[seq] = {}
+        self._meta[seq] = (frame.frame_id, frame.timestamp_ns, t0, (time.perf_counter() - t0) * 1e3)
+        self._sent[seq] = {w.name: w.send(job, self.frame_slots, self._acquire_reply(w)) for w in self._workers}
         return seq
 
     def collect(self) -> FrameResult:
@@ -302,16 +317,26 @@ class ParallelPredictor:
         return merged
 
     # -- replies ----------------------------------------------------------------------------------------
+    def _acquire_reply(self, worker: Worker) -> int:
+        return self.reply_pools[worker.name].acquire() if worker.kind == "process" else -1
+
     def _get(self, deadline: float, what: str):
         while True:
             try:
-                return self._replies.get(timeout=1.0)
+                if self.kind != "process":
+                    return self._replies.get(timeout=1.0)
+                ready = wait_any([w.conn for w in self._workers], timeout=1.0)
+                if ready:
+                    return ready[0].recv()
             except queue.Empty:
-                dead = [w.name for w in self._workers if not w.alive()]
-                if dead:
-                    raise WorkerError(f"worker(s) {dead} died while waiting for {what}") from None
-                if time.monotonic() > deadline:
-                    raise WorkerError(f"no answer for {what} within the time limit") from None
+                pass
+            except (EOFError, OSError):  # a worker's pipe closed: it died
+                pass
+            dead = [w.name for w in self._workers if not w.alive()]
+            if dead:
+                raise WorkerError(f"worker(s) {dead} died while waiting for {what}") from None
+            if time.monotonic() > deadline:
+                raise WorkerError(f"no answer for {what} within the time limit") from None
 
     def _pump(self) -> None:
         if not self._pending:
@@ -328,14 +353,22 @@ class ParallelPredictor:
             return
         if not isinstance(msg, Reply):
             raise WorkerError(f"unexpected message {type(msg).__name__} from a worker")
+        arrived = time.perf_counter()
         parts = self._pending[msg.seq]
-        parts[msg.worker] = self._reply_buffers.decode(msg) if msg.slot >= 0 else msg.results
+        parts[msg.worker] = (msg.results if msg.reply < 0 else
+                             self.reply_pools[msg.worker].decode(msg.results, msg.reply, msg.buffers))
+        received, ready, sent = msg.marks
+        self._handoffs[msg.seq][msg.worker] = HandOff(
+            to_worker=max(received - self._sent[msg.seq][msg.worker], 0.0) * 1e3, run=(ready - received) * 1e3,
+            encode=(sent - ready) * 1e3, to_caller=max(arrived - sent, 0.0) * 1e3,
+            decode=(time.perf_counter() - arrived) * 1e3)
         if len(parts) < len(self._workers):
             return
         del self._pending[msg.seq]
+        del self._sent[msg.seq]
         if msg.seq in self._slot_of:  # every worker answered: the frame's slot (and reply buffers) are free
             self.frame_slots.release(self._slot_of.pop(msg.seq))
-        frame_id, ts, t0 = self._meta.pop(msg.seq)
+        frame_id, ts, t0, submit_ms = self._meta.pop(msg.seq)
         by_name = {r.model: r for results in parts.values() for r in results}
         results = {n: by_name[n] for n in self.model_names}
         failed = [r.message for r in results.values() if r.status == Status.FAILED]
@@ -343,4 +376,5 @@ class ParallelPredictor:
             self.staging.trim()
             self.frame_slots.trim()
         self._done[msg.seq] = FrameResult(msg.seq, frame_id, ts, Status.FAILED if failed else Status.OK, results,
-                                          (time.perf_counter() - t0) * 1e3, "; ".join(failed))
+                                          (time.perf_counter() - t0) * 1e3, "; ".join(failed), submit_ms,
+                                          self._handoffs.pop(msg.seq))

@@ -200,6 +200,10 @@ class HostCopies:
     never shrunk, when a step needs more); ``wait()`` is the step's one synchronisation; ``take(view)`` copies
     a buffer out into an array of the result's own. On the CPU ``put`` returns the tensor itself and ``take``
     its numpy view: nothing is copied. One step at a time (the buffers are overwritten by the next one).
+
+    ``arena``: a ``HostArena`` bound by a process worker for one frame (``perception4d.runtime.arena``): ``put``
+    copies into it while it has room (on the CPU too) and ``take`` hands out its views uncopied (unless
+    ``keep``: the predictor keeps the array past the step); the arena's owner decides when it is reused.
     """
 
     GROWTH = 1.25
@@ -208,9 +212,15 @@ class HostCopies:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.buffers: dict[str, torch.Tensor] = {}
+        self.arena = None
 
     def put(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
+        if self.arena is not None:
+            view = self.arena.alloc(tensor.dtype, tensor.shape)
+            if view is not None:
+                view.copy_(tensor, non_blocking=self.cuda)
+                return view
         if not self.cuda:
             return tensor
         n = tensor.numel()
@@ -230,8 +240,10 @@ class HostCopies:
         """Let go of the buffers (after running out of memory); the next step allocates what it needs."""
         self.buffers.clear()
 
-    def take(self, view: torch.Tensor, dtype=None) -> np.ndarray:
+    def take(self, view: torch.Tensor, dtype=None, keep: bool = False) -> np.ndarray:
         a = view.numpy()
+        if self.arena is not None and not keep and self.arena.offset_of(a) is not None:
+            return a if dtype is None or a.dtype == dtype else a.astype(dtype)
         if self.cuda:  # one thread's copy: torch's threaded one stalls when worker processes share the cores
             return np.array(a, dtype=dtype)
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
@@ -573,15 +585,16 @@ class Predictor:
         elif "flow" in self.tasks and "flow" in self.outputs and window.source_index != n - 2:
             result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
         if staged.mos is not None or "mos" in staged.host:
-            if staged.mos is not None:
-                prob, in_grid = (take(v) for v in staged.mos)
+            if staged.mos is not None:  # the fusion keeps the window's arrays: they must be the result's own
+                prob, in_grid = (take(v, keep=self.fusion is not None) for v in staged.mos)
                 o = window.offsets if staged.mos_window else np.array([0, len(prob)])
             else:
                 pred = staged.host["mos"]
                 prob, in_grid, o = pred.prob, pred.in_grid, pred.offsets
             last = slice(int(o[-2]), int(o[-1]))
             # take() gave the newest sweep's rows arrays of their own on CUDA; otherwise they are cut out
-            own = self.copies.cuda and staged.mos is not None and not staged.mos_window
+            own = (self.copies.cuda or self.copies.arena is not None) and staged.mos is not None \
+                and not staged.mos_window
             result.mos = MosOutput(newest.frame_id, newest.timestamp_ns, prob if own else prob[last].copy(),
                                    in_grid if own else in_grid[last].copy(), n)
             if self.fusion is not None:

@@ -11,26 +11,19 @@ synchronisation brings all their outputs to the host). A worker runs one group:
   and every thread uploads it to its device;
 * process: in a ``torch.multiprocessing`` spawn process (no shared GIL).
 
-Process workers exchange arrays through shared memory that is allocated once
-and reused, not per message:
+Process workers talk to the caller over a pipe each (``multiprocessing.Pipe``: messages are pickled and
+written by the sending thread itself, no feeder thread) and exchange arrays through shared memory that is
+allocated once and reused, not per message:
 
-* frames in: the caller copies a frame's points once into a slot of its
-  ``FrameSlots`` (shared-memory buffers, grow-only); every worker gets the
-  same slot, so the points are copied once per frame whatever the number of
-  workers. A job names the slot; a slot's buffer travels to a worker only the
-  first time (and again after it grew). The slot is reused once every worker
-  answered the frame.
-* results out: each worker writes the arrays of its results into its own
-  reply buffer for that slot (``ReplyWriter``, grow-only) and sends the
-  results with the arrays replaced by their places in it; the caller copies
-  them out on arrival (``ReplyBuffers.decode``). Compact: occupancy travels as
-  its uint8 classes plus the velocities of the occupied cells only (the dense
-  grid where more than ``ROWS_MAX_FRACTION`` of the cells are occupied; float16
-  with ``velocity_dtype="float16"``), the dense grid is rebuilt by the caller;
-  outputs the caller did not ask for (``outputs``) are not computed into the
-  results at all. The results equal the inline run's (tested): exactly, but
-  for free cells' velocity, which is 0 where the inline run may hold -0.0 (or
-  NaN from a non-finite network output).
+* frames in: the caller copies a frame's points once into a slot of its ``FrameSlots`` (shared-memory
+  buffers, grow-only); every worker gets the same slot, so the points are copied once per frame whatever the
+  number of workers. A job names the slot; a slot's buffer travels to a worker only the first time (and again
+  after it grew). The slot is reused once every worker answered the frame.
+* results out: the device copies the outputs straight into a shared reply arena that the caller maps, and
+  the caller's results view it in place until they are garbage (``perception4d.runtime.arena``). The results
+  equal the inline run's (tested).
+* while the device runs a frame, the worker takes the next job, if one is waiting, and stages its sweep in
+  pinned memory (the host half of the next upload overlaps this frame's device work).
 
 Every job carries its sequence number; a worker answers each job exactly once
 (its results, or the traceback of an unexpected error), in the order received.
@@ -38,7 +31,6 @@ Every job carries its sequence number; a worker answers each job exactly once
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -53,8 +45,8 @@ import numpy as np
 import torch
 
 from perception4d.core.frame import Frame
-from perception4d.core.labels import OCC_FREE
 from perception4d.core.se3 import SE3
+from perception4d.runtime.arena import ReplyArenas, shared_bytes
 from perception4d.runtime.models import ModelSpec, load_model_set
 from perception4d.runtime.policy import Admission
 from perception4d.runtime.predictor import (Predictor, Result, Status, Warmup, check_outputs, check_velocity_dtype,
@@ -117,6 +109,8 @@ class Job:
     frame: Frame | WireFrame | None = None  # process workers prepare the sweep themselves
     host: HostSweep | None = None  # inline / thread workers get it prepared once by the caller
     prep_ms: float = 0.0  # the caller's host time preparing ``host`` (part of each result's ingest time)
+    sent_at: float = 0.0  # when the caller handed it over (``time.perf_counter``: one clock for all processes)
+    reply: int = -1  # process workers: the reply arena id the outputs go to (``perception4d.runtime.arena``)
 
 
 @dataclass
@@ -142,8 +136,28 @@ class Reply:
     worker: str
     seq: int
     results: list[Result]
-    slot: int = -1  # process workers: the reply buffer (of this frame's slot) the results' arrays are in
-    buffer: torch.Tensor | None = None  # that buffer, sent when it is new to the caller (first use, grown)
+    reply: int = -1  # process workers: the reply arena id the results' ``WireArray``s are in
+    buffers: dict | None = None  # that id's buffers the caller has not got yet (first use, grown)
+    marks: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the worker's clock: job received, results ready, sent
+
+
+@dataclass
+class HandOff:
+    """Where one frame's time went between the caller and one worker, in ms (``ParallelPredictor``).
+
+    to_worker: the caller's hand-over -> the worker has the job (queue, pickling); run: the worker's step of its
+    model sets (the sweep's preparation and upload included); encode: the results into the reply buffer
+    (process workers); to_caller: the reply's way back; decode: the caller copying the results out.
+    """
+
+    to_worker: float = 0.0
+    run: float = 0.0
+    encode: float = 0.0
+    to_caller: float = 0.0
+    decode: float = 0.0
+
+    def as_row(self) -> list[float]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
 
 @dataclass
@@ -185,9 +199,27 @@ class DeviceGroup:
     def describe(self) -> list[str]:
         return [p.describe() for p in self.predictors]
 
+    def host_bytes(self) -> int:
+        """The host buffers of one frame's outputs (as sized by the warm-up)."""
+        return sum(b.numel() * b.element_size() for p in self.predictors for b in p.copies.buffers.values())
+
     def run(self, admission: Admission, frame: Frame | None = None, host: HostSweep | None = None,
-            prep_ms: float = 0.0) -> list[Result]:
-        """Upload the sweep once, then run every model set on it, in order."""
+            prep_ms: float = 0.0, arena=None, while_busy=None) -> list[Result]:
+        """Upload the sweep once, then run every model set on it, in order.
+
+        arena: the ``HostArena`` the outputs go to (process workers); while_busy: called once every network is
+        launched, before the one synchronisation (host work that overlaps the device's).
+        """
+        for p in self.predictors:
+            p.copies.arena = arena
+        try:
+            return self._run(admission, frame, host, prep_ms, while_busy)
+        finally:
+            for p in self.predictors:
+                p.copies.arena = None
+
+    def _run(self, admission: Admission, frame: Frame | None, host: HostSweep | None, prep_ms: float,
+             while_busy) -> list[Result]:
         t0 = time.perf_counter()
         try:
             if host is None:
@@ -200,8 +232,10 @@ class DeviceGroup:
         ingest_ms = (time.perf_counter() - t0) * 1e3 + prep_ms
         seq = self.ring.latest(1)[0].seq
         # every network launched before the first waits: one synchronisation per frame on the device
-        results = [p.finish(step) for p, step in zip(self.predictors, [p.launch(admission, t0, ingest_ms)
-                                                                       for p in self.predictors])]
+        launched = [p.launch(admission, t0, ingest_ms) for p in self.predictors]
+        if while_busy is not None:
+            while_busy()
+        results = [p.finish(step) for p, step in zip(self.predictors, launched)]
         if any(r.status == Status.FAILED for r in results):  # as a lone Predictor does: the sweep is left out
             self.ring.drop_newest(seq)
         return results
@@ -213,12 +247,32 @@ class DeviceGroup:
 def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> None:
     """Answer jobs until ``None`` arrives (the worker loop of threads and processes).
 
-    ``wire``: a process worker (frames arrive in shared-memory slots, results leave through reply buffers).
+    ``wire``: a process worker (``inbox`` / ``outbox``: its ``Channel``; frames arrive in shared-memory slots,
+    outputs leave through reply arenas, the next job's sweep is staged while the device runs the current one).
     """
     slots = SlotViews() if wire else None
-    replies = ReplyWriter(group.spec.options.velocity_dtype) if wire else None
+    arenas = ReplyArenas(group.device, group.host_bytes() * 1.25) if wire else None
+    ahead: list = []  # the next job, taken early: (job, received, its staged sweep or None, staging ms)
+
+    def stage_next() -> None:
+        if ahead or not inbox.poll():
+            return
+        job, received = inbox.get(), time.perf_counter()
+        host, ms = None, 0.0
+        if isinstance(job, Job) and isinstance(job.frame, WireFrame):
+            try:
+                host = group.staging.stage(job.frame.to_frame(slots), non_finite=job.admission.non_finite)
+                ms = (time.perf_counter() - received) * 1e3
+            except Exception:  # noqa: BLE001 - staged again (and reported) when the job runs
+                host = None
+        ahead.append((job, received, host, ms))
+
     while True:
-        job = inbox.get()
+        if ahead:
+            job, received, host, staged_ms = ahead.pop()
+        else:
+            job, received, host, staged_ms = inbox.get(), 0.0, None, 0.0
+            received = time.perf_counter()
         if job is None:
             return
         try:
@@ -226,13 +280,16 @@ def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> N
                 outbox.put(Flushed(name, job.seq, group.flush()))
                 continue
             frame = job.frame.to_frame(slots) if isinstance(job.frame, WireFrame) else job.frame
-            results = group.run(job.admission, frame=frame, host=job.host, prep_ms=job.prep_ms)
-            if wire:
-                slot = job.frame.points.slot
-                results, buffer = replies.encode(results, slot)
-                outbox.put(Reply(name, job.seq, results, slot, buffer))
-            else:
-                outbox.put(Reply(name, job.seq, results))
+            if not wire:
+                results = group.run(job.admission, frame=frame, host=job.host, prep_ms=job.prep_ms)
+                ready = time.perf_counter()
+                outbox.put(Reply(name, job.seq, results, marks=(received, ready, ready)))
+                continue
+            results = group.run(job.admission, frame=frame, host=host, prep_ms=job.prep_ms + staged_ms,
+                                arena=arenas.bind(job.reply), while_busy=stage_next)
+            ready = time.perf_counter()
+            results, buffers = arenas.encode(results, job.reply)
+            outbox.put(Reply(name, job.seq, results, job.reply, buffers, (received, ready, time.perf_counter())))
         except Exception:  # noqa: BLE001 - reported to the caller with the frame, the worker keeps serving
             fid = getattr(getattr(job, "frame", None), "frame_id", "") or getattr(getattr(job, "host", None),
                                                                                  "frame_id", "")
@@ -258,12 +315,6 @@ def thread_main(spec: WorkerSpec, inbox: queue.Queue, outbox: queue.Queue) -> No
 # -- process workers: frames in -----------------------------------------------------------------------
 #: headroom of a shared buffer over the frame or reply that needed it to grow
 SHARED_GROWTH = 1.25
-
-
-def new_shared(nbytes: int) -> torch.Tensor:
-    """A 1-D uint8 CPU tensor of at least ``nbytes`` in shared memory (sent to another process, it maps the same
-    pages instead of copying them)."""
-    return torch.empty(max(int(nbytes * SHARED_GROWTH), 4096), dtype=torch.uint8).share_memory_()
 
 
 @dataclass
@@ -303,7 +354,7 @@ class FrameSlots:
             self.buffers.append(torch.empty(0, dtype=torch.uint8))
             self.generations.append(0)
         if self.buffers[slot].numel() < points.nbytes:
-            self.buffers[slot] = new_shared(points.nbytes)
+            self.buffers[slot] = shared_bytes(points.nbytes * SHARED_GROWTH)
             self.generations[slot] += 1
         np.copyto(self.buffers[slot].numpy()[:points.nbytes].view(np.float32).reshape(points.shape), points)
         return SlotRef(slot, self.generations[slot], tuple(points.shape))
@@ -356,178 +407,7 @@ class WireFrame:
                      columns=self.columns, frame_id=self.frame_id, source=self.source, pose_known=self.pose_known)
 
 
-# -- process workers: results out ---------------------------------------------------------------------
-#: arrays from this size on travel in the reply buffer; smaller ones are pickled with the message
-INLINE_MAX_BYTES = 16 * 1024
-ALIGN = 64
-
-
-@dataclass
-class WireArray:
-    """An array's place in a reply buffer."""
-
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
-
-    def view(self, buffer: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self.dtype)
-        n = int(np.prod(self.shape)) * dtype.itemsize
-        return buffer[self.offset:self.offset + n].view(dtype).reshape(self.shape)
-
-
-@dataclass
-class OccupiedVelocity:
-    """The velocities of the occupied cells of an occupancy grid (classes != free, in C order), (K, 3)."""
-
-    values: np.ndarray | WireArray
-
-
-#: occupancy velocities travel as the occupied cells' rows up to this fraction of occupied cells, as the dense
-#: grid beyond (gathering and scattering rows costs more than copying the grid there)
-ROWS_MAX_FRACTION = 0.25
-
-
-def grid_rows(grid: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``grid[mask]`` of an (X, Y, Z, 3) grid: (K, 3), each row moved as one item when the grid is contiguous."""
-    if not grid.flags.c_contiguous:
-        return grid[mask]
-    row = np.dtype((np.void, 3 * grid.dtype.itemsize))
-    return grid.reshape(-1, 3).view(row).ravel()[mask.ravel()].view(grid.dtype).reshape(-1, 3)
-
-
-def scatter_rows(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The dense float32 (X, Y, Z, 3) grid holding ``rows`` at ``mask`` (in C order) and 0 elsewhere."""
-    dense = np.zeros((*mask.shape, 3), np.float32)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    row = np.dtype((np.void, 12))
-    dense.reshape(-1, 3).view(row).ravel()[mask.ravel()] = rows.view(row).ravel()
-    return dense
-
-
-def map_arrays(obj, fn):
-    """``obj`` with ``fn`` applied to every numpy array / ``WireArray`` inside dataclasses, lists and dicts
-    (containers with nothing changed are returned as they are; dataclasses are copied, not re-validated)."""
-    if isinstance(obj, (np.ndarray, WireArray)):
-        return fn(obj)
-    if isinstance(obj, list):
-        return [map_arrays(v, fn) for v in obj]
-    if isinstance(obj, dict):
-        return {k: map_arrays(v, fn) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changed = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            new = map_arrays(value, fn)
-            if new is not value:
-                changed[f.name] = new
-        if not changed:
-            return obj
-        out = copy.copy(obj)
-        for k, v in changed.items():
-            object.__setattr__(out, k, v)  # also for frozen dataclasses
-        return out
-    return obj
-
-
-def _compact_occupancy(result: Result, velocity_dtype: str) -> Result:
-    """The occupied cells' velocities only (up to ``ROWS_MAX_FRACTION`` of the cells), in float16 when the
-    predictor rounded them to float16 already (exact)."""
-    occ = result.occupancy
-    if occ is None or occ.prediction.velocity is None:
-        return result
-    pred = occ.prediction
-    occupied = pred.semantics != OCC_FREE
-    if np.count_nonzero(occupied) <= ROWS_MAX_FRACTION * occupied.size:
-        velocity = OccupiedVelocity(grid_rows(pred.velocity, occupied))
-        if velocity_dtype == "float16":
-            velocity.values = velocity.values.astype(np.float16)
-    elif velocity_dtype == "float16":
-        velocity = pred.velocity.astype(np.float16)
-    else:
-        return result
-    pred = dataclasses.replace(pred, velocity=velocity)
-    return dataclasses.replace(result, occupancy=dataclasses.replace(occ, prediction=pred))
-
-
-class ReplyWriter:
-    """A worker's reply buffers, one per frame slot (shared memory, grow-only), and the results' encoding."""
-
-    def __init__(self, velocity_dtype: str = "float32"):
-        self.velocity_dtype = velocity_dtype
-        self.buffers: dict[int, torch.Tensor] = {}
-
-    def encode(self, results: list[Result], slot: int) -> tuple[list[Result], torch.Tensor | None]:
-        """The results with their large arrays written into slot ``slot``'s buffer and replaced by
-        ``WireArray``s; the buffer when the caller does not have it yet (new or grown), else None."""
-        results = [_compact_occupancy(r, self.velocity_dtype) for r in results]
-        arrays: list[np.ndarray] = []
-
-        def collect(a):
-            if a.nbytes >= INLINE_MAX_BYTES and a.dtype != object:
-                arrays.append(a)
-            return a
-
-        map_arrays(results, collect)
-        places, end = {}, 0
-        for a in arrays:
-            if id(a) not in places:
-                places[id(a)] = end
-                end += -(-a.nbytes // ALIGN) * ALIGN
-        if not places:
-            return results, None
-        buffer, fresh = self.buffers.get(slot), None
-        if buffer is None or buffer.numel() < end:
-            buffer = fresh = self.buffers[slot] = new_shared(end)
-        raw = buffer.numpy()
-
-        def place(a):
-            if id(a) not in places:
-                return a
-            w = WireArray(places[id(a)], a.dtype.str, tuple(a.shape))
-            np.copyto(w.view(raw), a)
-            return w
-
-        return map_arrays(results, place), fresh
-
-
-class ReplyBuffers:
-    """The caller's mappings of the workers' reply buffers, by (worker, slot)."""
-
-    def __init__(self):
-        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
-
-    def decode(self, reply: Reply) -> list[Result]:
-        """The reply's results with arrays of their own (copied out of the reply buffer, which is reused)."""
-        if reply.buffer is not None:
-            self.buffers[(reply.worker, reply.slot)] = reply.buffer
-        buffer = self.buffers.get((reply.worker, reply.slot))
-        raw = None if buffer is None else buffer.numpy()
-        return [_dense_occupancy(r, raw) for r in map_arrays(reply.results, lambda a: _own(a, raw))]
-
-
-def _own(a, raw: np.ndarray | None):
-    if isinstance(a, WireArray):
-        return np.array(a.view(raw))
-    return a
-
-
-def _dense_occupancy(result: Result, raw: np.ndarray | None) -> Result:
-    """The dense float32 velocity grid back (``_compact_occupancy`` reversed, after the arrays were copied out)."""
-    occ = result.occupancy
-    if occ is None or occ.prediction.velocity is None:
-        return result
-    pred = occ.prediction
-    if isinstance(pred.velocity, OccupiedVelocity):
-        velocity = scatter_rows(pred.semantics != OCC_FREE, pred.velocity.values)
-    elif pred.velocity.dtype != np.float32:
-        velocity = pred.velocity.astype(np.float32)
-    else:
-        return result
-    pred = dataclasses.replace(pred, velocity=velocity)
-    return dataclasses.replace(result, occupancy=dataclasses.replace(occ, prediction=pred))
-
-
+# -- process workers: the loop ----------------------------------------------------------------------
 def _address_space_bytes() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -536,8 +416,26 @@ def _address_space_bytes() -> int:
     raise OSError("VmSize not found in /proc/self/status")
 
 
-def process_main(spec: WorkerSpec, inbox, outbox) -> None:
-    """Entry point of a spawned worker process."""
+class Channel:
+    """A process worker's end of its pipe as its inbox and outbox: ``get`` / ``put`` / ``poll`` (a message
+    waiting?). Messages are pickled by the sending thread (torch's reductions: shared tensors travel as handles)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def get(self):
+        return self.conn.recv()
+
+    def put(self, msg) -> None:
+        self.conn.send(msg)
+
+    def poll(self) -> bool:
+        return self.conn.poll(0)
+
+
+def process_main(spec: WorkerSpec, conn) -> None:
+    """Entry point of a spawned worker process (``conn``: its end of the pipe to the caller)."""
+    inbox = outbox = Channel(conn)
     if spec.threads:
         torch.set_num_threads(int(spec.threads))
     logging.basicConfig(level=logging.WARNING, format=f"[{spec.name} pid {os.getpid()}] %(levelname)s %(message)s")
@@ -563,12 +461,16 @@ def process_main(spec: WorkerSpec, inbox, outbox) -> None:
 
 
 class Worker:
-    """One started worker (inline, thread or process) and its inbox."""
+    """One started worker (inline, thread or process) and its inbox.
+
+    ``outbox``: the caller's queue that inline and thread workers answer into; a process worker answers through
+    its pipe (``conn``, the caller's end).
+    """
 
     def __init__(self, spec: WorkerSpec, kind: str, outbox, mp_context=None):
         self.spec, self.kind, self.outbox = spec, kind, outbox
         self.group: DeviceGroup | None = None
-        self.handle = None
+        self.handle = self.conn = None
         self._slot_generations: dict[int, int] = {}  # process workers: the frame slot buffers they hold
         if kind == "inline":
             self.inbox = None
@@ -583,10 +485,12 @@ class Worker:
                                            name=f"p4d-{spec.name}", daemon=True)
             self.handle.start()
         elif kind == "process":
-            self.inbox = mp_context.Queue()
-            self.handle = mp_context.Process(target=process_main, args=(spec, self.inbox, outbox),
-                                             name=f"p4d-{spec.name}", daemon=True)
+            self.conn, child = mp_context.Pipe()
+            self.inbox = Channel(self.conn)
+            self.handle = mp_context.Process(target=process_main, args=(spec, child), name=f"p4d-{spec.name}",
+                                             daemon=True)
             self.handle.start()
+            child.close()  # the worker's end lives in the worker: its death is the caller's end of file
         else:
             raise ValueError(f"unknown worker kind {kind!r}; use one of {WORKER_KINDS}")
 
@@ -597,13 +501,17 @@ class Worker:
     def alive(self) -> bool:
         return self.kind == "inline" or self.handle.is_alive()
 
-    def send(self, job, slots: FrameSlots | None = None) -> None:
+    def send(self, job, slots: FrameSlots | None = None, reply: int = -1) -> float:
         """Hand over a job; a process worker's frame (a ``WireFrame``) gets its slot's buffer attached when this
-        worker does not hold that buffer yet (``slots``: the caller's)."""
+        worker does not hold that buffer yet (``slots``: the caller's), and its outputs go to reply arena id
+        ``reply``. When it was handed over (perf_counter)."""
+        sent_at = time.perf_counter()
+        if isinstance(job, Job):
+            job = dataclasses.replace(job, sent_at=sent_at, reply=reply)
         if self.kind == "inline":  # answered at once, in the caller's thread
             self.inbox = _ImmediateInbox(job)
             serve(self.group, self.name, self.inbox, self.outbox)
-            return
+            return sent_at
         if self.kind == "process" and isinstance(job, Job) and isinstance(job.frame, WireFrame):
             ref = job.frame.points
             if self._slot_generations.get(ref.slot) != ref.generation:
@@ -611,17 +519,23 @@ class Worker:
                 job = dataclasses.replace(job, frame=dataclasses.replace(job.frame, points=ref))
                 self._slot_generations[ref.slot] = ref.generation
         self.inbox.put(job)
+        return sent_at
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.kind == "inline":
             return
         if self.handle.is_alive():
-            self.inbox.put(None)
+            try:
+                self.inbox.put(None)
+            except OSError:  # the pipe broke: the worker is going
+                pass
             self.handle.join(timeout)
         if self.kind == "process" and self.handle.is_alive():
             log.warning("worker %s did not stop within %.0f s; terminating it", self.name, timeout)
             self.handle.terminate()
             self.handle.join(5.0)
+        if self.conn is not None:
+            self.conn.close()
 
 
 class _ImmediateInbox:

@@ -160,3 +160,19 @@ def test_two_gpus_match_one_gpu(frames, workers):
     one = [small_flow_spec("flowmos", "cuda:0"), small_occ_spec("occupancy", "cuda:0")]
     two = [replace(one[0]), replace(one[1], device="cuda:1")]
     _compare(_run(two, workers, "device", frames), _run(one, "inline", "device", frames))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_process_workers_outputs_land_in_page_locked_shared_arenas(frames, capfd):
+    """The devices copy the outputs into shared reply arenas (page-locked: no refusal logged) that the caller's
+    results view in place; the values are the inline run's (``test_two_gpus_match_one_gpu`` compares them)."""
+    two = [small_flow_spec("flowmos", "cuda:0"), small_occ_spec("occupancy", "cuda:1")]
+    options = PredictorOptions(amp=False, warmup=WARMUP)
+    with ParallelPredictor(two, workers="process", group="device", options=options) as pp:
+        got = [pp.step(f) for f in frames[:3]]
+        raws = [raw for pool in pp.reply_pools.values() for bufs in pool._raw.values() for raw in bufs.values()]
+        last = got[-1]
+        for a in (last.occupancy.prediction.velocity, last.mos.prob):  # (arrays under 16 KiB are pickled)
+            assert any(np.shares_memory(a, raw) for raw in raws)
+        assert all(pool.copied == 0 for pool in pp.reply_pools.values())
+    assert "cudaHostRegister refused" not in capfd.readouterr().err

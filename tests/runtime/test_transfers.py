@@ -1,8 +1,9 @@
 """Host-side transfers of the runtime: reused staging buffers, the bad-frame count, output selection, and the
-compact process-worker wire (frames in shared-memory slots, results in reply buffers), against references."""
+process-worker wire (frames in shared-memory slots, outputs in reply arenas), against references."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 
 import numpy as np
@@ -18,11 +19,12 @@ from perception4d.models.heads.occupancy import OccupancyPrediction
 from perception4d.runtime.models import load_model_set
 from perception4d.runtime.parallel import ParallelPredictor
 from perception4d.runtime.policy import count_non_finite, usable_rows
-from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RTOL, HostCopies, OccupancyOutput,
-                                            Predictor, Result, Status, Warmup, check_outputs)
+from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RTOL, HostCopies, MosOutput,
+                                            OccupancyOutput, Predictor, Result, Status, StepHealth, Warmup,
+                                            check_outputs)
 from perception4d.runtime.sweeps import HostSweep, StagingPool
-from perception4d.runtime.workers import (FrameSlots, PredictorOptions, Reply, ReplyBuffers, ReplyWriter, SlotViews,
-                                          WireArray)
+from perception4d.runtime.arena import HostArena, ReplyArenas, ReplyPool, WireArray
+from perception4d.runtime.workers import FrameSlots, PredictorOptions, SlotViews
 
 from .helpers import assert_results_equal, small_flow_spec, small_occ_spec, tiny_frames
 
@@ -205,48 +207,76 @@ def _occupancy_result(sem: np.ndarray, vel: np.ndarray) -> Result:
 def _grid(occupied: float, seed: int = 0, shape=(64, 64, 8)) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     sem = np.where(rng.uniform(0, 1, shape) < occupied, rng.integers(1, 17, shape), OCC_FREE).astype(np.uint8)
-    vel = (rng.standard_normal((*shape, 3)) * (sem != OCC_FREE)[..., None]).astype(np.float32)  # -0.0 at free
+    vel = (rng.standard_normal((*shape, 3)) * (sem != OCC_FREE)[..., None]).astype(np.float32)
     return sem, vel
 
 
-def _roundtrip(writer: ReplyWriter, reader: ReplyBuffers, sem, vel, slot: int = 0, seq: int = 0):
-    encoded, buffer = writer.encode([_occupancy_result(sem, vel)], slot=slot)
-    return encoded[0].occupancy.prediction, buffer, reader.decode(Reply("w", seq, encoded, slot, buffer))[0]
+def test_host_arena_allocates_aligned_views_and_reports_what_did_not_fit():
+    arena = HostArena(4096, shared=False)
+    a = arena.alloc(torch.float32, (10, 3))
+    b = arena.alloc(torch.uint8, (5,))
+    assert a.shape == (10, 3) and a.dtype == torch.float32 and b.dtype == torch.uint8
+    assert arena.offset_of(a.numpy()) == 0 and arena.offset_of(b.numpy()) == 256  # ALIGN
+    assert arena.offset_of(np.zeros(3)) is None and arena.offset_of(a.numpy()[:, 0]) is None  # outside, strided
+    assert arena.alloc(torch.float32, (2000,)) is None  # 8000 bytes: does not fit, counted as needed
+    assert arena.needed == 512 + 8000 and arena.used == 256 + 5
+    arena.reset()
+    assert (arena.used, arena.needed) == (0, 0)
 
 
-def test_reply_encoding_is_compact_and_decodes_to_the_dense_results():
-    writer, reader = ReplyWriter(), ReplyBuffers()
-    sem, vel = _grid(0.1)
-    wire, buffer, decoded = _roundtrip(writer, reader, sem, vel)
-    occupied = int((sem != OCC_FREE).sum())
-    assert buffer is not None and isinstance(wire.semantics, WireArray)
-    assert wire.velocity.values.shape == (occupied, 3)  # only the occupied cells' velocities travel
-    assert buffer.numel() < sem.nbytes + vel.nbytes // 4
-    got = decoded.occupancy.prediction
-    np.testing.assert_array_equal(got.semantics, sem)
-    np.testing.assert_array_equal(got.velocity, vel)
-    assert got.velocity.dtype == np.float32 and got.velocity.flags.c_contiguous
-    assert not np.shares_memory(got.semantics, buffer.numpy())
-    # the next frame in the same slot: the same buffer, not sent again; the earlier arrays stay as they were
-    wire2, again, decoded2 = _roundtrip(writer, reader, sem, vel * 2, seq=1)
-    assert again is None
-    np.testing.assert_array_equal(decoded2.occupancy.prediction.velocity, vel * 2)
-    np.testing.assert_array_equal(got.velocity, vel)
-    # mostly occupied: the dense grid travels (cheaper than rows there), still exact; a larger reply grows
-    sem, vel = _grid(0.9, seed=1, shape=(96, 96, 8))
-    wire, grown, decoded = _roundtrip(writer, reader, sem, vel, seq=2)
-    assert isinstance(wire.velocity, WireArray) and wire.velocity.shape == vel.shape
-    assert grown is not None and grown.numel() > buffer.numel()
-    np.testing.assert_array_equal(decoded.occupancy.prediction.velocity, vel)
-    # float16 (values the predictor rounded already): exact both ways, half the bytes
-    for fraction in (0.1, 0.9):
-        sem, vel = _grid(fraction, seed=2)
-        vel = vel.astype(np.float16).astype(np.float32)
-        wire, _, decoded = _roundtrip(ReplyWriter("float16"), ReplyBuffers(), sem, vel, slot=1)
-        v = wire.velocity.values if fraction < 0.5 else wire.velocity
-        assert np.dtype(v.dtype) == np.float16
-        np.testing.assert_array_equal(decoded.occupancy.prediction.velocity, vel)
-        assert decoded.occupancy.prediction.velocity.dtype == np.float32
+def _frame_through(arenas: ReplyArenas, pool: ReplyPool, sem: np.ndarray, vel: np.ndarray, small: np.ndarray):
+    """One frame the way a process worker sends it: the outputs put into the bound arena, encoded, decoded."""
+    rid = pool.acquire()
+    copies = HostCopies("cpu")
+    copies.arena = arenas.bind(rid)
+    s, v = copies.put("occupancy_semantics", torch.from_numpy(sem)), copies.put("occupancy_velocity",
+                                                                                torch.from_numpy(vel))
+    result = _occupancy_result(copies.take(s), copies.take(v))
+    result.health = StepHealth(points=len(small), non_finite=0)
+    result.mos = MosOutput("f", 1, small, small > 0.5, 1)  # below INLINE_MAX_BYTES: travels with the message
+    encoded, buffers = arenas.encode([result], rid)
+    return rid, encoded[0], buffers, pool.decode(encoded, rid, buffers)[0]
+
+
+def test_reply_arenas_are_viewed_in_place_and_freed_with_the_last_array():
+    arenas, pool = ReplyArenas("cpu", initial_bytes=4096), ReplyPool(max_leased=2)
+    sem, vel = _grid(0.3)
+    small = np.linspace(0, 1, 100, dtype=np.float32)
+    # the first frame does not fit the arena: its arrays are spilled (copied once) and the arena grows
+    rid, wire, buffers, got = _frame_through(arenas, pool, sem, vel, small)
+    assert isinstance(wire.occupancy.prediction.velocity, WireArray) and sorted(buffers) == ["arena", "spill"]
+    assert wire.occupancy.prediction.velocity.buffer == "spill" and isinstance(wire.mos.prob, np.ndarray)
+    np.testing.assert_array_equal(got.occupancy.prediction.velocity, vel)
+    del got
+    gc.collect()
+    assert pool.leased == 0
+    # the same id again: a grown arena (sent once more), the device's copies land in it and are read in place
+    rid2, wire, buffers, got = _frame_through(arenas, pool, sem, vel * 2, small)
+    assert rid2 == rid and list(buffers) == ["arena"] and wire.occupancy.prediction.velocity.buffer == "arena"
+    pred = got.occupancy.prediction
+    np.testing.assert_array_equal(pred.semantics, sem)
+    np.testing.assert_array_equal(pred.velocity, vel * 2)
+    np.testing.assert_array_equal(got.mos.prob, small)
+    assert np.shares_memory(pred.velocity, buffers["arena"].numpy()) and pred.velocity.flags.writeable
+    assert pool.leased == 1
+    # while it is held, the next frame gets another id; the held arrays keep their values
+    view = pred.velocity[3:5]  # a view of the view holds the lease too
+    rid3, _, buffers3, got3 = _frame_through(arenas, pool, sem, -vel, small)
+    assert rid3 != rid and list(buffers3) == ["arena"] and pool.leased == 2
+    np.testing.assert_array_equal(got3.occupancy.prediction.velocity, -vel)
+    np.testing.assert_array_equal(pred.velocity, vel * 2)
+    # max_leased (2) held: the next reply is copied out and its id is free at once
+    rid4, _, _, got4 = _frame_through(arenas, pool, sem, vel * 3, small)
+    assert pool.copied == 1 and pool.leased == 2
+    assert not np.shares_memory(got4.occupancy.prediction.velocity, arenas.arenas[rid4].buffer.numpy())
+    np.testing.assert_array_equal(got4.occupancy.prediction.velocity, vel * 3)
+    del got, pred, got3
+    gc.collect()
+    assert pool.leased == 1  # ``view`` still holds the first id
+    np.testing.assert_array_equal(view, vel[3:5] * 2)
+    del view
+    gc.collect()
+    assert pool.leased == 0 and sorted(pool._free) == sorted({rid, rid3, rid4})
 
 
 WIRE_OPTIONS = PredictorOptions(warmup=Warmup(steps=1, points=300), mos_fusion=True, velocity_dtype="float16",
@@ -254,8 +284,8 @@ WIRE_OPTIONS = PredictorOptions(warmup=Warmup(steps=1, points=300), mos_fusion=T
 
 
 @pytest.mark.slow
-def test_process_workers_return_the_inline_results_compactly():
-    """Process workers (frames through shared slots, compact replies with fp16 velocities) against inline
+def test_process_workers_return_the_inline_results_through_shared_memory():
+    """Process workers (frames through shared slots, outputs in reply arenas, fp16 velocities) against inline
     workers with the same options: identical (the fp16 rounding against fp32: the Predictor test above)."""
     specs = [small_flow_spec("flowmos", channels=(16, 32)), small_occ_spec("occupancy", channels=(16, 32))]
     frames = tiny_frames(4, azimuth_deg=4.0)
@@ -268,7 +298,12 @@ def test_process_workers_return_the_inline_results_compactly():
             runs[kind] = [pp.step(f) for f in stream]
             runs[kind + " fused"] = pp.flush()
             if kind == "process":  # one frame in flight at a time: one slot, grown once (the large frame)
-                assert pp.frame_slots.generations == [2] and pp._reply_buffers.buffers
+                assert pp.frame_slots.generations == [2]
+                # the results held here are arena views up to max_leased, copies after
+                pools = pp.reply_pools.values()
+                assert all(p.leased == p.max_leased for p in pools)
+                assert all(len(p) <= p.max_leased + pp.max_in_flight for p in pools)  # ids stay bounded
+                assert pp.reply_pools["occupancy"].copied == len(stream) - pp.reply_pools["occupancy"].max_leased
     for a, b in zip(runs["process"], runs["inline"]):
         assert a.status == b.status == Status.OK
         for name in a.results:
