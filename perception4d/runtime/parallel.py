@@ -52,7 +52,7 @@ from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepH
 from perception4d.runtime.sweeps import StagingPool
 from perception4d.runtime.timing import StageTimes
 from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, HandOff, Job,
-                                          PredictorOptions, Ready, Reply, StartFailed, WireFrame, Worker, WorkerSpec)
+                                          PredictorOptions, Ready, Reply, StartFailed, WireSweep, Worker, WorkerSpec)
 
 log = logging.getLogger("perception4d.runtime")
 
@@ -181,8 +181,7 @@ class ParallelPredictor:
         self.options = options
         self._pin = any(torch.device(s.device).type == "cuda" for s in self.specs)
         self.staging = StagingPool(pin=self._pin)  # inline / thread workers: each frame staged once, here
-        self.frame_slots = FrameSlots()  # process workers: each frame copied once into shared memory
-        self._slot_of: dict[int, int] = {}  # seq -> its frame slot (process workers)
+        self.frame_slots = FrameSlots()  # process workers: each frame staged once into shared memory
         self.reply_pools = {s.name: ReplyPool(max_leased) for s in self.specs}  # process workers' reply arenas
         ctx = None
         if self.kind == "process":
@@ -276,9 +275,9 @@ class ParallelPredictor:
                                           (time.perf_counter() - t0) * 1e3, admission.reason)
             return seq
         t_prep = time.perf_counter()
-        if self.kind == "process":  # the points copied once into a shared slot, read by every worker
-            job = Job(seq, admission, frame=WireFrame.from_frame(frame, self.frame_slots))
-            self._slot_of[seq] = job.frame.points.slot
+        if self.kind == "process":  # staged once into a shared slot, uploaded from it by every worker
+            job = Job(seq, admission, host=WireSweep.stage(frame, self.frame_slots, [w.name for w in self._workers],
+                                                           admission.non_finite))
         else:  # prepared once (pinned when a worker uploads to CUDA), uploaded per device
             job = Job(seq, admission, frame=frame, host=self.staging.stage(frame, non_finite=admission.non_finite))
         job.prep_ms = (time.perf_counter() - t_prep) * 1e3
@@ -354,6 +353,8 @@ class ParallelPredictor:
         if not isinstance(msg, Reply):
             raise WorkerError(f"unexpected message {type(msg).__name__} from a worker")
         arrived = time.perf_counter()
+        if msg.released:  # slots of sweeps this worker's ring let go of
+            self.frame_slots.release(msg.worker, msg.released)
         parts = self._pending[msg.seq]
         parts[msg.worker] = (msg.results if msg.reply < 0 else
                              self.reply_pools[msg.worker].decode(msg.results, msg.reply, msg.buffers))
@@ -366,8 +367,6 @@ class ParallelPredictor:
             return
         del self._pending[msg.seq]
         del self._sent[msg.seq]
-        if msg.seq in self._slot_of:  # every worker answered: the frame's slot (and reply buffers) are free
-            self.frame_slots.release(self._slot_of.pop(msg.seq))
         frame_id, ts, t0, submit_ms = self._meta.pop(msg.seq)
         by_name = {r.model: r for results in parts.values() for r in results}
         results = {n: by_name[n] for n in self.model_names}

@@ -38,6 +38,7 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -46,12 +47,13 @@ import torch
 
 from perception4d.core.frame import Frame
 from perception4d.core.se3 import SE3
-from perception4d.runtime.arena import ReplyArenas, shared_bytes
+from perception4d.datasets.sample import INPUT_COLUMNS, sensor_origin
+from perception4d.runtime.arena import ReplyArenas, register_host, shared_bytes, unregister_host
 from perception4d.runtime.models import ModelSpec, load_model_set
 from perception4d.runtime.policy import Admission
 from perception4d.runtime.predictor import (Predictor, Result, Status, Warmup, check_outputs, check_velocity_dtype,
                                             push_sweep)
-from perception4d.runtime.sweeps import HostSweep, StagingPool, SweepRing
+from perception4d.runtime.sweeps import HostSweep, StagingPool, SweepRing, fill_host_arrays
 
 log = logging.getLogger("perception4d.runtime")
 
@@ -106,8 +108,8 @@ class WorkerSpec:
 class Job:
     seq: int
     admission: Admission
-    frame: Frame | WireFrame | None = None  # process workers prepare the sweep themselves
-    host: HostSweep | None = None  # inline / thread workers get it prepared once by the caller
+    frame: Frame | None = None
+    host: HostSweep | WireSweep | None = None  # the sweep prepared once by the caller (process workers: in a slot)
     prep_ms: float = 0.0  # the caller's host time preparing ``host`` (part of each result's ingest time)
     sent_at: float = 0.0  # when the caller handed it over (``time.perf_counter``: one clock for all processes)
     reply: int = -1  # process workers: the reply arena id the outputs go to (``perception4d.runtime.arena``)
@@ -139,6 +141,7 @@ class Reply:
     reply: int = -1  # process workers: the reply arena id the results' ``WireArray``s are in
     buffers: dict | None = None  # that id's buffers the caller has not got yet (first use, grown)
     marks: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the worker's clock: job received, results ready, sent
+    released: list | None = None  # process workers: the frame slots (slot, generation) their ring let go of
 
 
 @dataclass
@@ -204,22 +207,18 @@ class DeviceGroup:
         return sum(b.numel() * b.element_size() for p in self.predictors for b in p.copies.buffers.values())
 
     def run(self, admission: Admission, frame: Frame | None = None, host: HostSweep | None = None,
-            prep_ms: float = 0.0, arena=None, while_busy=None) -> list[Result]:
-        """Upload the sweep once, then run every model set on it, in order.
-
-        arena: the ``HostArena`` the outputs go to (process workers); while_busy: called once every network is
-        launched, before the one synchronisation (host work that overlaps the device's).
-        """
+            prep_ms: float = 0.0, arena=None) -> list[Result]:
+        """Upload the sweep once (``host``: staged already; else ``frame`` is staged here), then run every model
+        set on it, in order. ``arena``: the ``HostArena`` the outputs go to (process workers)."""
         for p in self.predictors:
             p.copies.arena = arena
         try:
-            return self._run(admission, frame, host, prep_ms, while_busy)
+            return self._run(admission, frame, host, prep_ms)
         finally:
             for p in self.predictors:
                 p.copies.arena = None
 
-    def _run(self, admission: Admission, frame: Frame | None, host: HostSweep | None, prep_ms: float,
-             while_busy) -> list[Result]:
+    def _run(self, admission: Admission, frame: Frame | None, host: HostSweep | None, prep_ms: float) -> list[Result]:
         t0 = time.perf_counter()
         try:
             if host is None:
@@ -233,8 +232,6 @@ class DeviceGroup:
         seq = self.ring.latest(1)[0].seq
         # every network launched before the first waits: one synchronisation per frame on the device
         launched = [p.launch(admission, t0, ingest_ms) for p in self.predictors]
-        if while_busy is not None:
-            while_busy()
         results = [p.finish(step) for p, step in zip(self.predictors, launched)]
         if any(r.status == Status.FAILED for r in results):  # as a lone Predictor does: the sweep is left out
             self.ring.drop_newest(seq)
@@ -247,49 +244,31 @@ class DeviceGroup:
 def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> None:
     """Answer jobs until ``None`` arrives (the worker loop of threads and processes).
 
-    ``wire``: a process worker (``inbox`` / ``outbox``: its ``Channel``; frames arrive in shared-memory slots,
-    outputs leave through reply arenas, the next job's sweep is staged while the device runs the current one).
+    ``wire``: a process worker (``inbox`` / ``outbox``: its ``Channel``; sweeps arrive staged in shared-memory
+    slots, outputs leave through reply arenas, each reply says which slots the worker's ring let go of).
     """
-    slots = SlotViews() if wire else None
+    slots = SlotViews(group.device) if wire else None
     arenas = ReplyArenas(group.device, group.host_bytes() * 1.25) if wire else None
-    ahead: list = []  # the next job, taken early: (job, received, its staged sweep or None, staging ms)
-
-    def stage_next() -> None:
-        if ahead or not inbox.poll():
-            return
-        job, received = inbox.get(), time.perf_counter()
-        host, ms = None, 0.0
-        if isinstance(job, Job) and isinstance(job.frame, WireFrame):
-            try:
-                host = group.staging.stage(job.frame.to_frame(slots), non_finite=job.admission.non_finite)
-                ms = (time.perf_counter() - received) * 1e3
-            except Exception:  # noqa: BLE001 - staged again (and reported) when the job runs
-                host = None
-        ahead.append((job, received, host, ms))
-
     while True:
-        if ahead:
-            job, received, host, staged_ms = ahead.pop()
-        else:
-            job, received, host, staged_ms = inbox.get(), 0.0, None, 0.0
-            received = time.perf_counter()
+        job = inbox.get()
+        received = time.perf_counter()
         if job is None:
             return
         try:
             if isinstance(job, FlushJob):
                 outbox.put(Flushed(name, job.seq, group.flush()))
                 continue
-            frame = job.frame.to_frame(slots) if isinstance(job.frame, WireFrame) else job.frame
             if not wire:
-                results = group.run(job.admission, frame=frame, host=job.host, prep_ms=job.prep_ms)
+                results = group.run(job.admission, frame=job.frame, host=job.host, prep_ms=job.prep_ms)
                 ready = time.perf_counter()
                 outbox.put(Reply(name, job.seq, results, marks=(received, ready, ready)))
                 continue
-            results = group.run(job.admission, frame=frame, host=host, prep_ms=job.prep_ms + staged_ms,
-                                arena=arenas.bind(job.reply), while_busy=stage_next)
+            results = group.run(job.admission, host=job.host.to_host(slots), prep_ms=job.prep_ms,
+                                arena=arenas.bind(job.reply))
             ready = time.perf_counter()
             results, buffers = arenas.encode(results, job.reply)
-            outbox.put(Reply(name, job.seq, results, job.reply, buffers, (received, ready, time.perf_counter())))
+            outbox.put(Reply(name, job.seq, results, job.reply, buffers, (received, ready, time.perf_counter()),
+                             slots.take_released()))
         except Exception:  # noqa: BLE001 - reported to the caller with the frame, the worker keeps serving
             fid = getattr(getattr(job, "frame", None), "frame_id", "") or getattr(getattr(job, "host", None),
                                                                                  "frame_id", "")
@@ -313,98 +292,156 @@ def thread_main(spec: WorkerSpec, inbox: queue.Queue, outbox: queue.Queue) -> No
 
 
 # -- process workers: frames in -----------------------------------------------------------------------
-#: headroom of a shared buffer over the frame or reply that needed it to grow
+#: headroom of a slot over the sweep that needed it to grow (rows, rounded up to ``ROW_ALIGN``)
 SHARED_GROWTH = 1.25
+ROW_ALIGN = 1024
 
 
 @dataclass
 class SlotRef:
-    """Where a frame's points are: a slot of the caller's ``FrameSlots`` (float32, ``shape``)."""
+    """Where a staged sweep is: ``rows`` rows of a slot of the caller's ``FrameSlots``."""
 
     slot: int
     generation: int  # the slot's buffer changes (grows) with its generation
-    shape: tuple[int, int]
+    rows: int
     buffer: torch.Tensor | None = None  # the slot's buffer, attached when the receiving worker has not got it yet
 
 
-class FrameSlots:
-    """The caller's shared-memory slots for frames on their way to process workers (see the module docstring).
+def slot_arrays(buffer: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slot buffer's (capacity, width) input columns and (capacity, 3) ego points, the first ``rows`` rows."""
+    capacity = buffer.numel() // (4 * (width + 3))
+    floats = buffer[:capacity * (width + 3) * 4].view(torch.float32)
+    columns = floats[:capacity * width].view(capacity, width)
+    ego = floats[capacity * width:].view(capacity, 3)
+    return columns[:rows], ego[:rows]
 
-    ``put`` copies a frame's points into a free slot (growing its buffer when the frame does not fit);
-    ``release`` frees the slot once every worker answered the frame; ``trim`` (a frame ran out of memory): the
-    free slots' buffers are let go of (the workers' mappings too, when the slots are next used). One thread
-    (the caller's).
+
+class FrameSlots:
+    """The caller's shared-memory slots of staged sweeps on their way to process workers.
+
+    ``put(frame, holders)`` stages the frame once (``fill_host_arrays``: the input columns and the ego points
+    the networks read, exactly what ``StagingPool.stage`` makes) into a free slot, growing its buffer when the
+    frame does not fit; each holder (worker) keeps the slot while its ring holds the sweep and says so when it
+    let go of it (``release``), after which the slot is free again. ``trim`` (a frame ran out of memory): the
+    free slots' buffers are let go of. One thread (the caller's).
     """
 
-    def __init__(self):
+    def __init__(self, columns: tuple[str, ...] = INPUT_COLUMNS):
+        self.columns = tuple(columns)
         self.buffers: list[torch.Tensor] = []
         self.generations: list[int] = []
+        self.holders: list[set[str]] = []
         self._free: list[int] = []
+        self._scratch = np.empty((2, 0, 3), np.float64)
 
     def trim(self) -> None:
         for slot in self._free:
             self.buffers[slot] = torch.empty(0, dtype=torch.uint8)
+        self._scratch = np.empty((2, 0, 3), np.float64)
 
-    def put(self, points: np.ndarray) -> SlotRef:
-        points = np.asarray(points, dtype=np.float32)
+    def _scratch_for(self, n: int) -> np.ndarray:
+        if self._scratch.shape[1] < n:
+            self._scratch = np.empty((2, n, 3), np.float64)
+        return self._scratch
+
+    def put(self, frame: Frame, holders) -> SlotRef:
+        n, width = frame.num_points, len(self.columns)
         if self._free:
             slot = self._free.pop()
         else:
             slot = len(self.buffers)
             self.buffers.append(torch.empty(0, dtype=torch.uint8))
             self.generations.append(0)
-        if self.buffers[slot].numel() < points.nbytes:
-            self.buffers[slot] = shared_bytes(points.nbytes * SHARED_GROWTH)
+            self.holders.append(set())
+        if self.buffers[slot].numel() < n * (width + 3) * 4:
+            capacity = max(ROW_ALIGN, -(-int(n * SHARED_GROWTH) // ROW_ALIGN) * ROW_ALIGN)
+            self.buffers[slot] = shared_bytes(capacity * (width + 3) * 4)
             self.generations[slot] += 1
-        np.copyto(self.buffers[slot].numpy()[:points.nbytes].view(np.float32).reshape(points.shape), points)
-        return SlotRef(slot, self.generations[slot], tuple(points.shape))
+        columns, ego = slot_arrays(self.buffers[slot], n, width)
+        try:
+            fill_host_arrays(frame, self.columns, columns.numpy(), ego.numpy(), self._scratch_for)
+        except BaseException:
+            self._free.append(slot)
+            raise
+        self.holders[slot] = set(holders)
+        return SlotRef(slot, self.generations[slot], n)
 
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
+    def release(self, holder: str, refs) -> None:
+        """``holder`` let go of these ``(slot, generation)``s."""
+        for slot, generation in refs:
+            if generation == self.generations[slot] and holder in self.holders[slot]:
+                self.holders[slot].discard(holder)
+                if not self.holders[slot]:
+                    self._free.append(slot)
 
     def __len__(self) -> int:
         return len(self.buffers)
 
 
+class SharedSlot:
+    """A worker's hold on one caller slot (the ``HostSweep``'s ``slot``): reported released once the sweep is
+    garbage (its ring let go of it), like a ``StagingSlot`` returns to its pool."""
+
+    def __init__(self, ref: SlotRef, released: list):
+        self.uploads: list = []  # the HostSweep's upload events (the slot is released only after its step)
+        weakref.finalize(self, released.append, (ref.slot, ref.generation))
+
+    def wait_uploads(self) -> None:
+        for event in self.uploads:
+            event.synchronize()
+        self.uploads.clear()
+
+
 class SlotViews:
-    """A worker's view of the caller's ``FrameSlots``: each slot's buffer as last attached to a job."""
+    """A worker's view of the caller's ``FrameSlots``: each slot's buffer as last attached to a job, page-locked
+    for its device (``cudaHostRegister``) so that uploads from it are asynchronous."""
 
-    def __init__(self):
-        self._buffers: dict[int, tuple[int, torch.Tensor]] = {}
+    def __init__(self, device: torch.device | str = "cpu", width: int = len(INPUT_COLUMNS)):
+        self.device = torch.device(device)
+        self.width = width
+        self._buffers: dict[int, tuple[int, torch.Tensor, bool]] = {}
+        self.released: list[tuple[int, int]] = []  # slots let go of since the last reply
 
-    def points(self, ref: SlotRef) -> np.ndarray:
+    def take_released(self) -> list[tuple[int, int]]:
+        out, self.released[:] = list(self.released), []
+        return out
+
+    def arrays(self, ref: SlotRef) -> tuple[torch.Tensor, torch.Tensor]:
         if ref.buffer is not None:
-            self._buffers[ref.slot] = (ref.generation, ref.buffer)
-        generation, buffer = self._buffers.get(ref.slot, (None, None))
+            old = self._buffers.get(ref.slot)
+            if old is not None and old[2]:  # grown: the caller freed the slot, no sweep of this worker views it
+                unregister_host(old[1])
+            registered = self.device.type == "cuda" and register_host(ref.buffer)
+            self._buffers[ref.slot] = (ref.generation, ref.buffer, registered)
+        generation, buffer, _ = self._buffers.get(ref.slot, (None, None, False))
         if generation != ref.generation:
             raise RuntimeError(f"frame slot {ref.slot}: generation {ref.generation} expected, this worker holds "
                                f"{generation}")
-        nbytes = int(np.prod(ref.shape)) * 4
-        return buffer.numpy()[:nbytes].view(np.float32).reshape(ref.shape)
+        return slot_arrays(buffer, ref.rows, self.width)
 
 
 @dataclass
-class WireFrame:
-    """A frame for a worker process: its points in a shared-memory slot, no labels."""
+class WireSweep:
+    """An admitted frame for a worker process: staged by the caller in a shared-memory slot, with its metadata."""
 
     points: SlotRef
+    frame_id: str
     timestamp_ns: int
     pose: SE3
     extrinsic: SE3
-    columns: tuple[str, ...]
-    frame_id: str
-    source: str
-    pose_known: bool
+    origin: np.ndarray | None
+    non_finite: int
 
     @classmethod
-    def from_frame(cls, f: Frame, slots: FrameSlots) -> "WireFrame":
-        return cls(slots.put(f.points), f.timestamp_ns, f.pose, f.extrinsic, f.columns, f.frame_id, f.source,
-                   f.pose_known)
+    def stage(cls, f: Frame, slots: FrameSlots, holders, non_finite: int) -> "WireSweep":
+        return cls(slots.put(f, holders), f.frame_id, f.timestamp_ns, f.pose, f.extrinsic, sensor_origin(f),
+                   non_finite)
 
-    def to_frame(self, slots: SlotViews) -> Frame:
-        """The frame viewing the slot (valid until the worker answers the job)."""
-        return Frame(slots.points(self.points), self.timestamp_ns, pose=self.pose, extrinsic=self.extrinsic,
-                     columns=self.columns, frame_id=self.frame_id, source=self.source, pose_known=self.pose_known)
+    def to_host(self, views: SlotViews) -> HostSweep:
+        """The sweep viewing the slot, held (not written by the caller) until the sweep is garbage."""
+        columns, ego = views.arrays(self.points)
+        return HostSweep(self.frame_id, self.timestamp_ns, self.pose, self.extrinsic, columns, ego, self.origin,
+                         self.non_finite, SharedSlot(self.points, views.released))
 
 
 # -- process workers: the loop ----------------------------------------------------------------------
@@ -502,7 +539,7 @@ class Worker:
         return self.kind == "inline" or self.handle.is_alive()
 
     def send(self, job, slots: FrameSlots | None = None, reply: int = -1) -> float:
-        """Hand over a job; a process worker's frame (a ``WireFrame``) gets its slot's buffer attached when this
+        """Hand over a job; a process worker's sweep (a ``WireSweep``) gets its slot's buffer attached when this
         worker does not hold that buffer yet (``slots``: the caller's), and its outputs go to reply arena id
         ``reply``. When it was handed over (perf_counter)."""
         sent_at = time.perf_counter()
@@ -512,11 +549,11 @@ class Worker:
             self.inbox = _ImmediateInbox(job)
             serve(self.group, self.name, self.inbox, self.outbox)
             return sent_at
-        if self.kind == "process" and isinstance(job, Job) and isinstance(job.frame, WireFrame):
-            ref = job.frame.points
+        if self.kind == "process" and isinstance(job, Job) and isinstance(job.host, WireSweep):
+            ref = job.host.points
             if self._slot_generations.get(ref.slot) != ref.generation:
                 ref = dataclasses.replace(ref, buffer=slots.buffers[ref.slot])
-                job = dataclasses.replace(job, frame=dataclasses.replace(job.frame, points=ref))
+                job = dataclasses.replace(job, host=dataclasses.replace(job.host, points=ref))
                 self._slot_generations[ref.slot] = ref.generation
         self.inbox.put(job)
         return sent_at

@@ -13,7 +13,8 @@ from perception4d.datasets.sample import build_window_sample
 from perception4d.inference import DEFAULT_FLOW, load_model, predict_samples
 from perception4d.runtime.parallel import ParallelPredictor
 from perception4d.runtime.predictor import Predictor, Status, Warmup
-from perception4d.runtime.workers import PredictorOptions
+from perception4d.runtime.sweeps import SweepRing
+from perception4d.runtime.workers import FrameSlots, PredictorOptions, SlotViews, WireSweep
 
 from .helpers import small_flow_spec, small_occ_spec, tiny_frames
 
@@ -176,3 +177,16 @@ def test_process_workers_outputs_land_in_page_locked_shared_arenas(frames, capfd
             assert any(np.shares_memory(a, raw) for raw in raws)
         assert all(pool.copied == 0 for pool in pp.reply_pools.values())
     assert "cudaHostRegister refused" not in capfd.readouterr().err
+
+
+def test_frame_slots_are_page_locked_in_a_worker_and_upload_asynchronously(frames):
+    """A worker's view of a caller slot is registered with CUDA: its sweep uploads without a staging copy."""
+    slots, views = FrameSlots(), SlotViews("cuda:0")
+    wire = WireSweep.stage(frames[0], slots, ["w"], non_finite=0)
+    wire = replace(wire, points=replace(wire.points, buffer=slots.buffers[wire.points.slot]))
+    host = wire.to_host(views)
+    assert host.columns.is_pinned() and host.ego_xyz.is_pinned()
+    ring = SweepRing(torch.device("cuda:0"), 2)
+    ring.push(host)
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(ring.latest(1)[0].points.cpu().numpy(), host.columns.numpy())

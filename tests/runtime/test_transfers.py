@@ -24,7 +24,7 @@ from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RT
                                             check_outputs)
 from perception4d.runtime.sweeps import HostSweep, StagingPool
 from perception4d.runtime.arena import HostArena, ReplyArenas, ReplyPool, WireArray
-from perception4d.runtime.workers import FrameSlots, PredictorOptions, SlotViews
+from perception4d.runtime.workers import FrameSlots, PredictorOptions, SlotViews, WireSweep
 
 from .helpers import assert_results_equal, small_flow_spec, small_occ_spec, tiny_frames
 
@@ -176,27 +176,49 @@ def test_selected_outputs_and_fp16_velocities_within_the_documented_tolerance(oc
 
 
 # -- the process-worker wire ----------------------------------------------------------------------------
-def test_frame_slots_copy_each_frame_once_and_reuse_or_grow_their_buffers():
-    slots, views = FrameSlots(), SlotViews()
-    a = cloud(3_000, 0)
-    ref = slots.put(a.points)
-    ref_sent = replace(ref, buffer=slots.buffers[ref.slot])  # what a worker gets with the slot's first job
-    np.testing.assert_array_equal(views.points(ref_sent), a.points)
-    ptr = slots.buffers[ref.slot].data_ptr()
-    slots.release(ref.slot)
+def test_frame_slots_stage_each_frame_once_and_are_free_when_every_worker_let_go():
+    slots, views, other = FrameSlots(), SlotViews(), SlotViews()
+    pool = StagingPool()
+    a = cloud(3_000, 0, extrinsic=EXTRINSICS["rotation"])
+    wire = WireSweep.stage(a, slots, ["w0", "w1"], non_finite=0)
+    sent = replace(wire, points=replace(wire.points, buffer=slots.buffers[wire.points.slot]))  # first job
+    host, expected = sent.to_host(views), pool.stage(a)
+    # exactly what a worker would have staged itself (columns in the networks' order, ego points)
+    assert torch.equal(host.columns, expected.columns) and torch.equal(host.ego_xyz, expected.ego_xyz)
+    assert (host.frame_id, host.timestamp_ns, host.non_finite) == (a.frame_id, a.timestamp_ns, 0)
+    np.testing.assert_array_equal(host.origin, expected.origin)
+    ptr = slots.buffers[wire.points.slot].data_ptr()
+    host_other = sent.to_host(other)
+    # the slot is busy until both workers' rings let go of the sweep
     b = cloud(2_000, 1)
-    ref_b = slots.put(b.points)  # the same slot and buffer, nothing to send again
-    assert (ref_b.slot, ref_b.generation, slots.buffers[ref_b.slot].data_ptr()) == (ref.slot, 1, ptr)
-    np.testing.assert_array_equal(views.points(ref_b), b.points)
-    other = slots.put(a.points)  # slot 0 is taken: a second slot
-    assert other.slot != ref_b.slot and len(slots) == 2
-    slots.release(ref_b.slot)
+    second = WireSweep.stage(b, slots, ["w0", "w1"], non_finite=0)
+    assert second.points.slot != wire.points.slot and len(slots) == 2
+    del host
+    gc.collect()
+    released = views.take_released()
+    assert released == [(wire.points.slot, 1)] and views.take_released() == []
+    slots.release("w0", released)
+    assert wire.points.slot not in slots._free
+    del host_other
+    gc.collect()
+    slots.release("w1", other.take_released())
+    # free again: the same slot and buffer, nothing to send again
+    again = WireSweep.stage(b, slots, ["w0", "w1"], non_finite=0)
+    assert (again.points.slot, again.points.generation) == (wire.points.slot, 1)
+    assert slots.buffers[again.points.slot].data_ptr() == ptr
+    assert torch.equal(again.to_host(views).columns, pool.stage(b).columns)
+    # a larger frame in a free slot: a new buffer, a new generation that a worker must be sent
+    slots.release("w0", [(again.points.slot, 1)])
+    slots.release("w1", [(again.points.slot, 1)])
     c = cloud(50_000, 2)
-    ref_c = slots.put(c.points)  # too large for the slot: a new buffer, a new generation
-    assert ref_c.slot == ref.slot and ref_c.generation == 2 and slots.buffers[ref.slot].data_ptr() != ptr
+    grown = WireSweep.stage(c, slots, ["w0", "w1"], non_finite=0)
+    assert grown.points.slot == wire.points.slot and grown.points.generation == 2
     with pytest.raises(RuntimeError, match="generation 2 expected"):
-        views.points(ref_c)  # the worker still holds generation 1
-    np.testing.assert_array_equal(views.points(replace(ref_c, buffer=slots.buffers[ref_c.slot])), c.points)
+        grown.to_host(views)  # the worker still holds generation 1
+    host = replace(grown, points=replace(grown.points, buffer=slots.buffers[grown.points.slot])).to_host(views)
+    assert torch.equal(host.ego_xyz, pool.stage(c).ego_xyz)
+    slots.release("w0", [(wire.points.slot, 1)])  # a stale generation's release changes nothing
+    assert slots.holders[wire.points.slot] == {"w0", "w1"}
 
 
 def _occupancy_result(sem: np.ndarray, vel: np.ndarray) -> Result:
@@ -297,8 +319,9 @@ def test_process_workers_return_the_inline_results_through_shared_memory():
         with ParallelPredictor(specs, workers=kind, group="model", options=WIRE_OPTIONS, threads=1) as pp:
             runs[kind] = [pp.step(f) for f in stream]
             runs[kind + " fused"] = pp.flush()
-            if kind == "process":  # one frame in flight at a time: one slot, grown once (the large frame)
-                assert pp.frame_slots.generations == [2]
+            if kind == "process":  # a slot is held while a ring holds its sweep: occupancy's 3, flowmos's 5
+                assert len(pp.frame_slots) == len(stream)
+                assert pp.frame_slots.holders[0] == pp.frame_slots.holders[1] == {"flowmos"}
                 # the results held here are arena views up to max_leased, copies after
                 pools = pp.reply_pools.values()
                 assert all(p.leased == p.max_leased for p in pools)
