@@ -238,6 +238,8 @@ class StepGraph:
         return [max(int(c), 1) for c in plan.counts.tolist()]
 
     def _rebuild(self, caps: Capacities, columns: int) -> None:
+        if self.device.type == "cuda":  # a step launched earlier may still run on the old graph
+            torch.cuda.current_stream(self.device).synchronize()
         self.static = None  # the old graph's memory first
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

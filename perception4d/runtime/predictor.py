@@ -232,8 +232,19 @@ class HostCopies:
         view.copy_(tensor, non_blocking=True)
         return view
 
-    def wait(self) -> None:
-        if self.cuda:
+    def mark(self):
+        """An event after the copies enqueued so far (None on the CPU: they are done)."""
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def wait(self, event=None) -> None:
+        """Until the copies before ``event`` (None: everything enqueued on the stream) are on the host."""
+        if event is not None:
+            event.synchronize()
+        elif self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
 
     def trim(self) -> None:
@@ -293,6 +304,9 @@ class LaunchedStep:
     ingest_ms: float
     window: StepWindow | None = None
     staged: StagedOutputs | None = None
+    timer: EventTimer | None = None  # this step's stage timings
+    done: object = None  # a CUDA event after the step's copies to the host (None: on the CPU, done at launch)
+    overlappable: bool = False  # a later step may be launched before this one finishes (see ``launch``)
 
 
 class Predictor:
@@ -434,33 +448,42 @@ class Predictor:
             result.message = f"{newest.frame_id}: first sweep of a window; its flow comes with the next sweep"
             result.timings = StageTimes(ingest=ingest_ms, total=(time.perf_counter() - t0) * 1e3)
             return result
-        step = LaunchedStep(result, sweeps, t0, ingest_ms)
-        self.timer.reset()
+        step = LaunchedStep(result, sweeps, t0, ingest_ms, timer=EventTimer(self.device))
+        self.timer = step.timer
         try:
             step.window, step.staged = self._forward(self.ring)
+            step.done = self.copies.mark()
+            # a later step may be launched first only if nothing this one's finish reads is shared: the step
+            # graph's status travels with the step's copies; the engine's deferred check (settle) does not
+            step.overlappable = (step.window.graphed is not None
+                                 or getattr(self.loaded.model.backbone, "settle", None) is None)
         except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
             return self._step_failed(step, exc)
         return step
 
     def finish(self, step: Result | LaunchedStep) -> Result:
-        """``predict``'s second half: the step's one synchronisation, then the result from the host copies."""
+        """``predict``'s second half: the step's one synchronisation, then the result from the host copies.
+
+        Steps finish in the order they were launched; a later step may be launched before an earlier one
+        finishes when their outputs go to different host buffers (a process worker's reply arenas)."""
         if isinstance(step, Result):
             return step
         result = step.result
         try:
-            self.copies.wait()  # every output is on the host after it
+            self.copies.wait(step.done)  # every output of this step is on the host after it
             if not self._settle(step.window, step.staged):  # a graph outgrew its capacities: once more, grown
-                self.timer.reset()
-                step.window, step.staged = self._forward(self.ring)
+                step.timer.reset()
+                self.timer = step.timer
+                step.window, step.staged = self._forward(self.ring, step.sweeps)
                 self.copies.wait()
                 if not self._settle(step.window, step.staged):
                     raise RuntimeError(f"{self.name}: the sparse engine overflowed twice on one window")
             t_out = time.perf_counter()
             self._outputs(result, step.window, step.staged)
-            self.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
+            step.timer.add("outputs", (time.perf_counter() - t_out) * 1e3)
         except Exception as exc:  # noqa: BLE001 - only allocation failures are turned into a result
             return self._step_failed(step, exc)
-        result.timings = self.timer.stage_times((time.perf_counter() - step.t0) * 1e3)
+        result.timings = step.timer.stage_times((time.perf_counter() - step.t0) * 1e3)
         result.timings.ingest = step.ingest_ms
         return result
 
@@ -470,7 +493,7 @@ class Predictor:
                              f"{len(step.sweeps)} sweeps, {sum(s.num_points for s in step.sweeps)} points")
         failed.health, failed.timings.ingest = step.result.health, step.ingest_ms
         if self._owns_ring:  # a shared ring is trimmed by its owner once every model set has run
-            self.ring.drop_newest(newest.seq)
+            self.ring.drop(newest.seq)
         return failed
 
     def failed(self, frame_id: str, timestamp_ns: int, exc: Exception, t0: float, what: str) -> Result:
@@ -498,17 +521,18 @@ class Predictor:
 
     # -- internals --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, ring: SweepRing) -> tuple[AssembledWindow, StagedOutputs]:
-        """The network on the ring's newest window; its outputs' copies to the host enqueued (not waited for)."""
+    def _forward(self, ring: SweepRing, sweeps: list | None = None) -> tuple[AssembledWindow, StagedOutputs]:
+        """The network on the window of ``sweeps`` (None: the ring's newest); its outputs' copies to the host
+        enqueued (not waited for)."""
         if self.device.type == "cuda":  # spconv launches on the current device: make it this predictor's
             with torch.cuda.device(self.device):
-                return self._forward_on_device(ring)
-        return self._forward_on_device(ring)
+                return self._forward_on_device(ring, sweeps)
+        return self._forward_on_device(ring, sweeps)
 
-    def _forward_on_device(self, ring: SweepRing) -> tuple[StepWindow, StagedOutputs]:
+    def _forward_on_device(self, ring: SweepRing, sweeps: list | None) -> tuple[StepWindow, StagedOutputs]:
         flow_layout = "flow" in self.tasks
         if self.graph is not None:  # the padded step, one CUDA graph (perception4d.runtime.graphed)
-            layout = ring.window(self.geometry, flow_layout, sequence_id=self.stream_id)
+            layout = ring.window(self.geometry, flow_layout, sequence_id=self.stream_id, sweeps=sweeps)
             try:
                 launched = self.graph.launch(layout, self.timer)
             except Exception as exc:  # noqa: BLE001 - out of memory is the step's; anything else: run eagerly
@@ -518,14 +542,15 @@ class Predictor:
                             self.device, type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
                 self.graph = None
                 self.timer.reset()
-                return self._forward_on_device(ring)
+                return self._forward_on_device(ring, sweeps)
             window = StepWindow(layout.sweeps, layout.source_index, layout.offsets, float(layout.meta.dt),
                                 launched.num_points, graphed=launched)
             with self.timer.stage("outputs"):
                 staged = self._stage_outputs(window, launched.out, {})
                 staged.status = self.copies.put("graph_status", launched.status)
             return window, staged
-        asm = ring.assemble(self.geometry, flow_layout=flow_layout, sequence_id=self.stream_id, timer=self.timer)
+        asm = ring.assemble(self.geometry, flow_layout=flow_layout, sequence_id=self.stream_id, timer=self.timer,
+                            sweeps=sweeps)
         model = self.loaded.model
         previous, model.timer = model.timer, self.timer
         try:
@@ -626,6 +651,7 @@ class Predictor:
             if not fits:
                 log.info("%s: the step graph's capacities were exceeded (%d voxels); capturing it again",
                          self.name, window.voxels)
+                self.copies.wait()  # a later step may be running on the old capture: it must end first
                 self.graph.grow(window.graphed)
             return fits
         settle = getattr(self.loaded.model.backbone, "settle", None)

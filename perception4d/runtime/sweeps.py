@@ -353,11 +353,13 @@ class SweepRing:
         self._sweeps.append(sweep)
         return sweep
 
-    def drop_newest(self, seq: int) -> bool:
-        """Remove the newest sweep if it is ``seq`` (a sweep a network could not process); True if removed."""
-        if self._sweeps and self._sweeps[-1].seq == seq:
-            self._sweeps.pop()
-            return True
+    def drop(self, seq: int) -> bool:
+        """Remove sweep ``seq`` (one a network could not process: the next windows leave it out; usually the
+        newest, or the one before it when a later sweep was launched already); True if removed."""
+        for k in range(len(self._sweeps) - 1, -1, -1):
+            if self._sweeps[k].seq == seq:
+                del self._sweeps[k]
+                return True
         return False
 
     def latest(self, n: int) -> list[Sweep]:
@@ -365,13 +367,15 @@ class SweepRing:
         n = min(int(n), len(self._sweeps))
         return list(self._sweeps)[len(self._sweeps) - n:]
 
-    def window(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream") -> WindowLayout:
-        """The layout of the newest ``geometry.num_frames`` sweeps as a window (see ``WindowLayout``).
+    def window(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream",
+               sweeps: list | None = None) -> WindowLayout:
+        """The layout of the newest ``geometry.num_frames`` sweeps (or of ``sweeps``, a window taken earlier)
+        as a window (see ``WindowLayout``).
 
         ``flow_layout`` (two sweeps at least): the source is the sweep before the reference, as
         ``build_window_sample`` with flow among the tasks; otherwise the reference itself.
         """
-        sweeps = self.latest(geometry.num_frames)
+        sweeps = self.latest(geometry.num_frames) if sweeps is None else sweeps
         if not sweeps:
             raise ValueError("SweepRing.assemble: the ring is empty")
         n = len(sweeps)
@@ -387,12 +391,12 @@ class SweepRing:
         return WindowLayout(sweeps, offsets, ref_T, time_shift(geometry, n), src, meta)
 
     def assemble(self, geometry: Geometry, flow_layout: bool, sequence_id: str = "stream",
-                 columns: tuple[str, ...] = INPUT_COLUMNS, timer=None) -> AssembledWindow:
-        """The window of the newest ``geometry.num_frames`` sweeps as the network's input (``window`` for the
-        layout). ``timer`` (``stage(name)``) times the ``align`` and ``voxelize`` stages.
+                 columns: tuple[str, ...] = INPUT_COLUMNS, timer=None, sweeps: list | None = None) -> AssembledWindow:
+        """The window of the newest ``geometry.num_frames`` sweeps (or of ``sweeps``) as the network's input
+        (``window`` for the layout). ``timer`` (``stage(name)``) times the ``align`` and ``voxelize`` stages.
         """
         timer = timer or NullTimer()
-        lay = self.window(geometry, flow_layout, sequence_id)
+        lay = self.window(geometry, flow_layout, sequence_id, sweeps)
         sweeps, offsets, ref_T, shift, src = lay.sweeps, lay.offsets, lay.ref_T, lay.shift, lay.source_index
         n, dev = len(sweeps), self.device
         ref = sweeps[-1].host

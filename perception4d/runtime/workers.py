@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 import weakref
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,6 +179,22 @@ class Fatal:
 
 
 # -- the group ----------------------------------------------------------------------------------------
+@dataclass
+class FrameInFlight:
+    """A frame a ``DeviceGroup`` launched and has not finished: its model sets' launched steps."""
+
+    steps: list = dataclasses.field(default_factory=list)
+    seq: int = -1  # the sweep's place in the ring (-1: it never got there)
+    arena: object = None  # the HostArena its outputs go to
+
+    @property
+    def private(self) -> bool:
+        """Its outputs are all in its own arena and its steps share nothing their finish reads: a later frame
+        can be launched before it finishes."""
+        return (self.arena is not None and self.arena.needed <= self.arena.capacity
+                and all(isinstance(s, Result) or s.overlappable for s in self.steps))
+
+
 class DeviceGroup:
     """The model sets of one device sharing one ring buffer (see the module docstring)."""
 
@@ -210,16 +226,13 @@ class DeviceGroup:
             prep_ms: float = 0.0, arena=None) -> list[Result]:
         """Upload the sweep once (``host``: staged already; else ``frame`` is staged here), then run every model
         set on it, in order. ``arena``: the ``HostArena`` the outputs go to (process workers)."""
-        for p in self.predictors:
-            p.copies.arena = arena
-        try:
-            return self._run(admission, frame, host, prep_ms)
-        finally:
-            for p in self.predictors:
-                p.copies.arena = None
+        return self.finish(self.launch(admission, frame, host, prep_ms, arena))
 
-    def _run(self, admission: Admission, frame: Frame | None, host: HostSweep | None, prep_ms: float) -> list[Result]:
+    def launch(self, admission: Admission, frame: Frame | None = None, host: HostSweep | None = None,
+               prep_ms: float = 0.0, arena=None) -> FrameInFlight:
+        """``run``'s first half: the sweep uploaded and every network launched, nothing waited for."""
         t0 = time.perf_counter()
+        flight = FrameInFlight(arena=arena)
         try:
             if host is None:
                 host = self.staging.stage(frame, non_finite=admission.non_finite)
@@ -227,28 +240,51 @@ class DeviceGroup:
         except Exception as exc:  # noqa: BLE001 - Predictor.failed re-raises anything but out-of-memory
             fid, ts = (frame.frame_id, frame.timestamp_ns) if frame is not None else (host.frame_id,
                                                                                       host.timestamp_ns)
-            return [p.failed(fid, ts, exc, t0, "uploading the sweep") for p in self.predictors]
+            flight.steps = [p.failed(fid, ts, exc, t0, "uploading the sweep") for p in self.predictors]
+            return flight
         ingest_ms = (time.perf_counter() - t0) * 1e3 + prep_ms
-        seq = self.ring.latest(1)[0].seq
+        flight.seq = self.ring.latest(1)[0].seq
         # every network launched before the first waits: one synchronisation per frame on the device
-        launched = [p.launch(admission, t0, ingest_ms) for p in self.predictors]
-        results = [p.finish(step) for p, step in zip(self.predictors, launched)]
-        if any(r.status == Status.FAILED for r in results):  # as a lone Predictor does: the sweep is left out
-            self.ring.drop_newest(seq)
+        with self._outputs_to(arena):
+            flight.steps = [p.launch(admission, t0, ingest_ms) for p in self.predictors]
+        return flight
+
+    def finish(self, flight: FrameInFlight) -> list[Result]:
+        """``run``'s second half (frames finish in the order they were launched)."""
+        with self._outputs_to(flight.arena):
+            results = [p.finish(step) for p, step in zip(self.predictors, flight.steps)]
+        if flight.seq >= 0 and any(r.status == Status.FAILED for r in results):  # as a lone Predictor does
+            self.ring.drop(flight.seq)
         return results
+
+    @contextmanager
+    def _outputs_to(self, arena):
+        for p in self.predictors:
+            p.copies.arena = arena
+        try:
+            yield
+        finally:
+            for p in self.predictors:
+                p.copies.arena = None
 
     def flush(self) -> dict:
         return {p.name: p.flush() for p in self.predictors}
+
+
+def _frame_id(job) -> str:
+    return getattr(getattr(job, "frame", None), "frame_id", "") or getattr(getattr(job, "host", None), "frame_id", "")
 
 
 def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> None:
     """Answer jobs until ``None`` arrives (the worker loop of threads and processes).
 
     ``wire``: a process worker (``inbox`` / ``outbox``: its ``Channel``; sweeps arrive staged in shared-memory
-    slots, outputs leave through reply arenas, each reply says which slots the worker's ring let go of).
+    slots, outputs leave through reply arenas, each reply says which slots the worker's ring let go of). When the
+    next job is already waiting, it is launched before the frame in flight is finished, so the device works on
+    one while the host finishes the other (frames are still answered in order).
     """
-    slots = SlotViews(group.device) if wire else None
-    arenas = ReplyArenas(group.device, group.host_bytes() * 1.25) if wire else None
+    if wire:
+        return _serve_wire(group, name, inbox, outbox)
     while True:
         job = inbox.get()
         received = time.perf_counter()
@@ -258,21 +294,57 @@ def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> N
             if isinstance(job, FlushJob):
                 outbox.put(Flushed(name, job.seq, group.flush()))
                 continue
-            if not wire:
-                results = group.run(job.admission, frame=job.frame, host=job.host, prep_ms=job.prep_ms)
-                ready = time.perf_counter()
-                outbox.put(Reply(name, job.seq, results, marks=(received, ready, ready)))
-                continue
-            results = group.run(job.admission, host=job.host.to_host(slots), prep_ms=job.prep_ms,
-                                arena=arenas.bind(job.reply))
+            results = group.run(job.admission, frame=job.frame, host=job.host, prep_ms=job.prep_ms)
+            ready = time.perf_counter()
+            outbox.put(Reply(name, job.seq, results, marks=(received, ready, ready)))
+        except Exception:  # noqa: BLE001 - reported to the caller with the frame, the worker keeps serving
+            outbox.put(Fatal(name, job.seq, _frame_id(job), traceback.format_exc()))
+
+
+def _serve_wire(group: DeviceGroup, name: str, inbox, outbox) -> None:
+    slots = SlotViews(group.device)
+    arenas = ReplyArenas(group.device, group.host_bytes() * 1.25)
+    pending = None  # (job, received, FrameInFlight): launched, not answered
+
+    def answer(job: Job, received: float, flight: FrameInFlight) -> None:
+        try:
+            results = group.finish(flight)
             ready = time.perf_counter()
             results, buffers = arenas.encode(results, job.reply)
             outbox.put(Reply(name, job.seq, results, job.reply, buffers, (received, ready, time.perf_counter()),
                              slots.take_released()))
         except Exception:  # noqa: BLE001 - reported to the caller with the frame, the worker keeps serving
-            fid = getattr(getattr(job, "frame", None), "frame_id", "") or getattr(getattr(job, "host", None),
-                                                                                 "frame_id", "")
-            outbox.put(Fatal(name, job.seq, fid, traceback.format_exc()))
+            outbox.put(Fatal(name, job.seq, _frame_id(job), traceback.format_exc()))
+
+    while True:
+        if pending is not None and not (pending[2].private and inbox.poll()):
+            answer(*pending)  # nothing to overlap with: the frame in flight first (latency)
+            pending = None
+        job = inbox.get()
+        received = time.perf_counter()
+        if not isinstance(job, Job):  # stop or flush: after the frame in flight
+            if pending is not None:
+                answer(*pending)
+                pending = None
+            if job is None:
+                return
+            try:
+                outbox.put(Flushed(name, job.seq, group.flush()))
+            except Exception:  # noqa: BLE001 - as for frames
+                outbox.put(Fatal(name, job.seq, "", traceback.format_exc()))
+            continue
+        try:
+            flight = group.launch(job.admission, host=job.host.to_host(slots), prep_ms=job.prep_ms,
+                                  arena=arenas.bind(job.reply))
+        except Exception:  # noqa: BLE001 - as for frames; the one in flight is answered first (order)
+            if pending is not None:
+                answer(*pending)
+                pending = None
+            outbox.put(Fatal(name, job.seq, _frame_id(job), traceback.format_exc()))
+            continue
+        if pending is not None:
+            answer(*pending)
+        pending = (job, received, flight)
 
 
 # -- thread workers -----------------------------------------------------------------------------------

@@ -163,9 +163,9 @@ def test_a_step_whose_engine_capacity_check_fails_runs_its_window_again(flow_loa
     calls, verdicts = [], iter([False, True])
     forward = pred._forward
 
-    def counting_forward(ring):
+    def counting_forward(ring, sweeps=None):
         calls.append(len(ring))
-        return forward(ring)
+        return forward(ring, sweeps)
 
     monkeypatch.setattr(pred, "_forward", counting_forward)
     for f in frames[:2]:

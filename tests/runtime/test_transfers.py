@@ -16,15 +16,34 @@ from perception4d.core.se3 import SE3
 from perception4d.datasets.sample import INPUT_COLUMNS
 from perception4d.errors import ConfigError
 from perception4d.models.heads.occupancy import OccupancyPrediction
+from perception4d.runtime.arena import HostArena, ReplyArenas, ReplyPool, WireArray
 from perception4d.runtime.models import load_model_set
 from perception4d.runtime.parallel import ParallelPredictor
-from perception4d.runtime.policy import count_non_finite, usable_rows
-from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RTOL, HostCopies, MosOutput,
-                                            OccupancyOutput, Predictor, Result, Status, StepHealth, Warmup,
-                                            check_outputs)
+from perception4d.runtime.policy import StreamGate, count_non_finite, usable_rows
+from perception4d.runtime.predictor import (
+    VELOCITY_FP16_ATOL,
+    VELOCITY_FP16_RTOL,
+    HostCopies,
+    MosOutput,
+    OccupancyOutput,
+    Predictor,
+    Result,
+    Status,
+    StepHealth,
+    Warmup,
+    check_outputs,
+)
 from perception4d.runtime.sweeps import HostSweep, StagingPool
-from perception4d.runtime.arena import HostArena, ReplyArenas, ReplyPool, WireArray
-from perception4d.runtime.workers import FrameSlots, PredictorOptions, SlotViews, WireSweep
+from perception4d.runtime.workers import (
+    DeviceGroup,
+    FrameSlots,
+    Job,
+    PredictorOptions,
+    SlotViews,
+    WireSweep,
+    WorkerSpec,
+    serve,
+)
 
 from .helpers import assert_results_equal, small_flow_spec, small_occ_spec, tiny_frames
 
@@ -299,6 +318,54 @@ def test_reply_arenas_are_viewed_in_place_and_freed_with_the_last_array():
     del view
     gc.collect()
     assert pool.leased == 0 and sorted(pool._free) == sorted({rid, rid3, rid4})
+
+
+class _QueuedChannel:
+    """A process worker's channel, in process: the jobs are all waiting from the start."""
+
+    def __init__(self, jobs):
+        self.jobs, self.sent = list(jobs), []
+
+    def get(self):
+        return self.jobs.pop(0)
+
+    def poll(self) -> bool:
+        return bool(self.jobs)
+
+    def put(self, msg) -> None:
+        self.sent.append(msg)
+
+
+def test_a_worker_launches_the_waiting_frame_before_finishing_the_one_in_flight():
+    """With the next job waiting, a process worker's loop launches it before it finishes the frame in flight
+    (each frame has its own reply arena, step timer and completion event); the answers come in order and equal
+    one-at-a-time runs of the same network."""
+    spec = WorkerSpec("w", "cpu", (small_flow_spec("flowmos", channels=(16, 32)),),
+                      PredictorOptions(warmup=Warmup(steps=0)))
+    frames = tiny_frames(5, azimuth_deg=4.0)
+    group, reference = DeviceGroup(spec), DeviceGroup(spec)
+    slots, gate = FrameSlots(), StreamGate()
+    pools, jobs, expected = ReplyPool(max_leased=8), [], []
+    for seq, f in enumerate(frames):
+        admission = gate.admit(f)
+        wire = WireSweep.stage(f, slots, ["w"], admission.non_finite)
+        wire = replace(wire, points=replace(wire.points, buffer=slots.buffers[wire.points.slot]))
+        jobs.append(Job(seq, admission, host=wire, reply=pools.acquire()))
+        expected.append(reference.run(admission, frame=f))
+    group.host_bytes = lambda: 4 << 20  # the reply arenas' first size (on a GPU: the warm-up's output buffers)
+    order = []
+    launch, finish = group.launch, group.finish
+    group.launch = lambda *a, **k: order.append("launch") or launch(*a, **k)
+    group.finish = lambda flight: order.append("finish") or finish(flight)
+    channel = _QueuedChannel(jobs + [None])
+    serve(group, "w", channel, channel, wire=True)
+    assert order == ["launch", "launch", "finish", "launch", "finish", "launch", "finish", "launch", "finish",
+                     "finish"], order
+    assert [m.seq for m in channel.sent] == list(range(len(frames)))
+    for msg, want in zip(channel.sent, expected):
+        got = pools.decode(msg.results, msg.reply, msg.buffers)
+        for a, b in zip(got, want):
+            assert_results_equal(a, b)
 
 
 WIRE_OPTIONS = PredictorOptions(warmup=Warmup(steps=1, points=300), mos_fusion=True, velocity_dtype="float16",
