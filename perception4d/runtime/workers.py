@@ -15,15 +15,16 @@ Process workers talk to the caller over a pipe each (``multiprocessing.Pipe``: m
 written by the sending thread itself, no feeder thread) and exchange arrays through shared memory that is
 allocated once and reused, not per message:
 
-* frames in: the caller copies a frame's points once into a slot of its ``FrameSlots`` (shared-memory
-  buffers, grow-only); every worker gets the same slot, so the points are copied once per frame whatever the
-  number of workers. A job names the slot; a slot's buffer travels to a worker only the first time (and again
-  after it grew). The slot is reused once every worker answered the frame.
+* frames in: the caller stages each frame once (the input columns and ego points the networks read) into a
+  slot of its ``FrameSlots`` (shared-memory buffers, grow-only); every worker uploads from the same slot,
+  page-locked in the worker, so a frame is prepared once whatever the number of workers. A job names the slot;
+  a slot's buffer travels to a worker only the first time (and again after it grew). A worker holds the slot
+  while its ring holds the sweep; the slot is reused once every worker let go of it.
 * results out: the device copies the outputs straight into a shared reply arena that the caller maps, and
   the caller's results view it in place until they are garbage (``perception4d.runtime.arena``). The results
   equal the inline run's (tested).
-* while the device runs a frame, the worker takes the next job, if one is waiting, and stages its sweep in
-  pinned memory (the host half of the next upload overlaps this frame's device work).
+* a job that arrives while the device runs a frame is launched before that frame is finished (each frame
+  has its own reply arena), so the device does not wait for the host between frames.
 
 Every job carries its sequence number; a worker answers each job exactly once
 (its results, or the traceback of an unexpected error), in the order received.
@@ -187,6 +188,10 @@ class FrameInFlight:
     seq: int = -1  # the sweep's place in the ring (-1: it never got there)
     arena: object = None  # the HostArena its outputs go to
 
+    def done(self) -> bool:
+        """The device finished its steps (their copies to the host included)."""
+        return all(getattr(s, "done", None) is None or s.done.query() for s in self.steps)
+
     @property
     def private(self) -> bool:
         """Its outputs are all in its own arena and its steps share nothing their finish reads: a later frame
@@ -279,9 +284,10 @@ def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> N
     """Answer jobs until ``None`` arrives (the worker loop of threads and processes).
 
     ``wire``: a process worker (``inbox`` / ``outbox``: its ``Channel``; sweeps arrive staged in shared-memory
-    slots, outputs leave through reply arenas, each reply says which slots the worker's ring let go of). When the
-    next job is already waiting, it is launched before the frame in flight is finished, so the device works on
-    one while the host finishes the other (frames are still answered in order).
+    slots, outputs leave through reply arenas, each reply says which slots the worker's ring let go of). A job
+    that arrives while the device runs the frame in flight is launched at once, before that frame is finished,
+    so it queues behind it on the device while the host finishes the other (answers stay in order); the worker
+    polls its pipe and the frame's completion meanwhile (as CUDA's spinning synchronisation would).
     """
     if wire:
         return _serve_wire(group, name, inbox, outbox)
@@ -317,9 +323,14 @@ def _serve_wire(group: DeviceGroup, name: str, inbox, outbox) -> None:
             outbox.put(Fatal(name, job.seq, _frame_id(job), traceback.format_exc()))
 
     while True:
-        if pending is not None and not (pending[2].private and inbox.poll()):
-            answer(*pending)  # nothing to overlap with: the frame in flight first (latency)
-            pending = None
+        if pending is not None:
+            # while the device runs the frame in flight, watch for the next job: launched as soon as it comes, it
+            # queues behind this frame on the device (no idle gap); the frame is answered once it is done
+            while pending[2].private and not inbox.poll() and not pending[2].done():
+                pass
+            if not (pending[2].private and inbox.poll()):
+                answer(*pending)
+                pending = None
         job = inbox.get()
         received = time.perf_counter()
         if not isinstance(job, Job):  # stop or flush: after the frame in flight
