@@ -592,6 +592,8 @@ def bench_parallel(args: argparse.Namespace) -> None:
           f"with {args.in_flight} in flight. stage columns: medians in ms of the latency run (CUDA events on each "
           "worker's stream, wall time on the CPU; ingest is host time; 'total' is the host wall time of that model "
           "set's step)")
+    print("slowest frames of each latency run (index in the timed stream: ms): " + "; ".join(
+        f"{label}: " + ", ".join(f"#{k}: {ms:.1f}" for k, ms in s.slowest) for label, _, _, s in results))
     for line in layouts:
         print("  " + line.replace("\n", "\n  "))
 

@@ -36,6 +36,7 @@ class StreamStats:
     dropped: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model set -> stage -> median ms
     submit_ms: float = 0.0  # median of the caller's time in submit before the hand-over (gate, preparation)
+    slowest: list[tuple[int, float]] = field(default_factory=list)  # (frame index, latency ms) of the 3 slowest
     handoff_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # worker -> HandOff field -> median ms
 
     @property
@@ -88,6 +89,8 @@ def _collect_stats(stats: StreamStats, seen: list[_Seen]) -> None:
     stats.dropped = sum(r.status == Status.DROPPED for r in seen)
     ok = [r for r in seen if r.status == Status.OK]
     stats.latency_ms = [r.latency_ms for r in ok]
+    stats.slowest = sorted(((k, r.latency_ms) for k, r in enumerate(seen) if r.status == Status.OK),
+                           key=lambda kv: -kv[1])[:3]
     if ok:
         stats.submit_ms = float(np.median([r.submit_ms for r in ok]))
     stages: dict[str, list] = {}
