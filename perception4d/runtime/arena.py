@@ -100,7 +100,7 @@ class HostArena:
 
     def alloc(self, dtype: torch.dtype, shape) -> torch.Tensor | None:
         shape = tuple(int(s) for s in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.needed = round_up(self.needed) + nbytes
         start = round_up(self.used)
         if start + nbytes > self.capacity:

@@ -149,9 +149,10 @@ class Reply:
 class HandOff:
     """Where one frame's time went between the caller and one worker, in ms (``ParallelPredictor``).
 
-    to_worker: the caller's hand-over -> the worker has the job (queue, pickling); run: the worker's step of its
-    model sets (the sweep's preparation and upload included); encode: the results into the reply buffer
-    (process workers); to_caller: the reply's way back; decode: the caller copying the results out.
+    to_worker: the caller's hand-over -> the worker has the job (pipe or queue, pickling); run: the worker's step
+    of its model sets (the sweep's upload included; for a job launched while another frame was in flight, also
+    the wait for that frame); encode: the results placed in the reply arena (process workers); to_caller: the
+    reply's way back; decode: the caller turning the reply into results (views of the arena, or copies).
     """
 
     to_worker: float = 0.0
