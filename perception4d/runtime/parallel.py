@@ -20,7 +20,7 @@ says so. The API and the results stay the same: every worker runs the same
 The frame gate (``perception4d.runtime.policy``) runs once, in the caller;
 dropped frames never reach a worker. Each admitted frame is prepared once in
 the caller: staged in reused (pinned) host buffers for inline and thread
-workers, copied into a reused shared-memory slot for process workers
+workers, staged into a reused shared-memory slot for process workers
 (``perception4d.runtime.workers``). ``outputs`` says what the results carry
 (default: everything the networks predict). A process worker's outputs are
 copied by its device straight into shared memory that the results view in
@@ -37,17 +37,17 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from multiprocessing.connection import wait as wait_any
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait as wait_any
 
 import torch
 
 from perception4d.core.frame import Frame
 from perception4d.errors import ConfigError, Perception4DError
+from perception4d.runtime.arena import ReplyPool
 from perception4d.runtime.models import ModelSpec
 from perception4d.runtime.policy import FramePolicy, StreamGate
-from perception4d.runtime.arena import ReplyPool
 from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
 from perception4d.runtime.sweeps import StagingPool
 from perception4d.runtime.timing import StageTimes

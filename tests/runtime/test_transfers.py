@@ -20,30 +20,12 @@ from perception4d.runtime.arena import HostArena, ReplyArenas, ReplyPool, WireAr
 from perception4d.runtime.models import load_model_set
 from perception4d.runtime.parallel import ParallelPredictor
 from perception4d.runtime.policy import StreamGate, count_non_finite, usable_rows
-from perception4d.runtime.predictor import (
-    VELOCITY_FP16_ATOL,
-    VELOCITY_FP16_RTOL,
-    HostCopies,
-    MosOutput,
-    OccupancyOutput,
-    Predictor,
-    Result,
-    Status,
-    StepHealth,
-    Warmup,
-    check_outputs,
-)
+from perception4d.runtime.predictor import (VELOCITY_FP16_ATOL, VELOCITY_FP16_RTOL, HostCopies, MosOutput,
+                                            OccupancyOutput, Predictor, Result, Status, StepHealth, Warmup,
+                                            check_outputs)
 from perception4d.runtime.sweeps import HostSweep, StagingPool
-from perception4d.runtime.workers import (
-    DeviceGroup,
-    FrameSlots,
-    Job,
-    PredictorOptions,
-    SlotViews,
-    WireSweep,
-    WorkerSpec,
-    serve,
-)
+from perception4d.runtime.workers import (DeviceGroup, FrameSlots, Job, PredictorOptions, SlotViews, WireSweep,
+                                          WorkerSpec, serve)
 
 from .helpers import assert_results_equal, small_flow_spec, small_occ_spec, tiny_frames
 
