@@ -287,7 +287,13 @@ class ParallelPredictor:
         self._pending[seq] = {}
         self._handoffs[seq] = {}
         self._meta[seq] = (frame.frame_id, frame.timestamp_ns, t0, (time.perf_counter() - t0) * 1e3)
-        self._sent[seq] = {w.name: w.send(job, self.frame_slots, self._acquire_reply(w)) for w in self._workers}
+        self._sent[seq] = {}
+        for w in self._workers:
+            try:
+                self._sent[seq][w.name] = w.send(job, self.frame_slots, self._acquire_reply(w))
+            except OSError as exc:  # a process worker's pipe broke: it died
+                raise WorkerError(f"worker {w.name} died (its pipe broke sending frame {frame.frame_id}: "
+                                  f"{type(exc).__name__}: {exc})") from None
         return seq
 
     def collect(self) -> FrameResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,3 +145,19 @@ def test_two_process_workers_match_and_survive_running_out_of_memory(stream, alo
     assert failed.status == Status.FAILED and "huge/2" in failed.message and "out of memory" in failed.message
     assert after.status == Status.OK and after.flow.frame_id == f3.frame_id  # the huge sweep left the window
     assert set(fused) == {"flowmos", "occupancy"}
+
+
+@pytest.mark.slow
+def test_a_process_worker_that_dies_is_reported_with_its_name(stream):
+    """A worker process killed mid-stream: the next frame raises WorkerError naming it (its pipe's end of file or
+    a broken pipe), instead of waiting for the reply timeout."""
+    with ParallelPredictor(specs(), workers="process", group="model", options=OPTIONS, threads=1,
+                           reply_timeout_s=600) as pp:
+        assert pp.step(stream[0]).status == Status.OK
+        victim = next(w for w in pp._workers if w.name == "occupancy")
+        victim.handle.kill()
+        victim.handle.join(10)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match="occupancy.*died|died.*occupancy"):
+            pp.step(stream[1])
+        assert time.monotonic() - t0 < 30
