@@ -138,6 +138,27 @@ def _product_into(frame: Frame, ego: np.ndarray, scratch: Callable[[int], np.nda
             np.add(y64[:, j], t[j], out=ego[:, j], casting="same_kind")
 
 
+def staging_rows(n: int, growth: float = 1.25, align: int = 1024) -> int:
+    """Rows of a new staging buffer for an ``n``-point sweep: ``growth`` headroom, a multiple of ``align``."""
+    return max(align, -(-int(n * growth) // align) * align)
+
+
+class ProductScratch:
+    """The (2, >= N, 3) float64 buffer ``fill_host_arrays`` computes a rotated extrinsic in, grown when a sweep
+    needs more (``staging_rows``) and reused; ``reset`` lets it go."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = np.empty((2, 0, 3), np.float64)
+
+    def __call__(self, n: int) -> np.ndarray:
+        if self._buffer.shape[1] < n:
+            self._buffer = np.empty((2, staging_rows(n), 3), np.float64)
+        return self._buffer
+
+
 class StagingSlot:
     """A pair of staging buffers of a ``StagingPool``: ``rows`` rows of input columns and of ego xyz."""
 
@@ -159,7 +180,7 @@ class StagingSlot:
 class StagingPool:
     """Reused, grow-only host buffers that sweeps are staged into (pinned for CUDA targets).
 
-    ``stage(frame)`` takes a free slot (a slot too small for the frame is replaced by one ``GROWTH`` times
+    ``stage(frame)`` takes a free slot (a slot too small for the frame is replaced by one ``staging_rows``
     larger, at least the frame's size), fills it (``fill_host_arrays``) and returns a ``HostSweep`` viewing it;
     the slot becomes free again when that ``HostSweep`` is garbage. ``stage`` runs in one thread (the pool's
     owner); slots may be released, and ``trim`` called, from any thread.
@@ -168,33 +189,21 @@ class StagingPool:
     scratch buffer, so that one huge sweep does not keep its buffers for the rest of the stream.
     """
 
-    GROWTH = 1.25  # headroom of a new buffer over the sweep that needed it
-    ROW_ALIGN = 1024
-
     def __init__(self, pin: bool = False, columns: tuple[str, ...] = INPUT_COLUMNS):
         self.pin = bool(pin)
         self.columns = tuple(columns)
         self._free: deque[StagingSlot] = deque()  # append / pop are atomic
-        self._scratch = np.empty((2, 0, 3), np.float64)
+        self._scratch = ProductScratch()
         self._trim = False
         self.allocations = 0  # slots allocated so far (a reused slot does not count)
 
     def trim(self) -> None:
         self._trim = True
 
-    def _scratch_for(self, n: int) -> np.ndarray:
-        if self._scratch.shape[1] < n:
-            self._scratch = np.empty((2, self._rows_for(n), 3), np.float64)
-        return self._scratch
-
-    def _rows_for(self, n: int) -> int:
-        a = self.ROW_ALIGN
-        return max(a, -(-int(n * self.GROWTH) // a) * a)
-
     def _acquire(self, n: int) -> StagingSlot:
         if self._trim:
             self._trim = False
-            self._scratch = np.empty((2, 0, 3), np.float64)
+            self._scratch.reset()
             while self._free:
                 try:
                     self._free.pop().wait_uploads()
@@ -210,7 +219,7 @@ class StagingPool:
                 return slot
             # too small: dropped (freed once unreferenced), a larger one replaces it
         self.allocations += 1
-        return StagingSlot(self._rows_for(n), len(self.columns), self.pin)
+        return StagingSlot(staging_rows(n), len(self.columns), self.pin)
 
     def stage(self, frame: Frame, non_finite: int = 0) -> HostSweep:
         """``frame`` prepared in pool buffers (the same values as ``HostSweep.from_frame``)."""
@@ -218,7 +227,7 @@ class StagingPool:
         slot = self._acquire(n)
         cols, ego = slot.columns[:n], slot.ego[:n]
         try:
-            fill_host_arrays(frame, self.columns, cols.numpy(), ego.numpy(), self._scratch_for)
+            fill_host_arrays(frame, self.columns, cols.numpy(), ego.numpy(), self._scratch)
         except BaseException:
             self._free.append(slot)
             raise

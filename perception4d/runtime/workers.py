@@ -54,7 +54,8 @@ from perception4d.runtime.models import ModelSpec, load_model_set
 from perception4d.runtime.policy import Admission
 from perception4d.runtime.predictor import (Predictor, Result, Status, Warmup, check_outputs, check_velocity_dtype,
                                             push_sweep)
-from perception4d.runtime.sweeps import HostSweep, StagingPool, SweepRing, fill_host_arrays
+from perception4d.runtime.sweeps import (HostSweep, ProductScratch, StagingPool, SweepRing, fill_host_arrays,
+                                         staging_rows)
 
 log = logging.getLogger("perception4d.runtime")
 
@@ -376,11 +377,6 @@ def thread_main(spec: WorkerSpec, inbox: queue.Queue, outbox: queue.Queue) -> No
 
 
 # -- process workers: frames in -----------------------------------------------------------------------
-#: headroom of a slot over the sweep that needed it to grow (rows, rounded up to ``ROW_ALIGN``)
-SHARED_GROWTH = 1.25
-ROW_ALIGN = 1024
-
-
 @dataclass
 class SlotRef:
     """Where a staged sweep is: ``rows`` rows of a slot of the caller's ``FrameSlots``."""
@@ -416,17 +412,12 @@ class FrameSlots:
         self.generations: list[int] = []
         self.holders: list[set[str]] = []
         self._free: list[int] = []
-        self._scratch = np.empty((2, 0, 3), np.float64)
+        self._scratch = ProductScratch()
 
     def trim(self) -> None:
         for slot in self._free:
             self.buffers[slot] = torch.empty(0, dtype=torch.uint8)
-        self._scratch = np.empty((2, 0, 3), np.float64)
-
-    def _scratch_for(self, n: int) -> np.ndarray:
-        if self._scratch.shape[1] < n:
-            self._scratch = np.empty((2, n, 3), np.float64)
-        return self._scratch
+        self._scratch.reset()
 
     def put(self, frame: Frame, holders) -> SlotRef:
         n, width = frame.num_points, len(self.columns)
@@ -438,12 +429,11 @@ class FrameSlots:
             self.generations.append(0)
             self.holders.append(set())
         if self.buffers[slot].numel() < n * (width + 3) * 4:
-            capacity = max(ROW_ALIGN, -(-int(n * SHARED_GROWTH) // ROW_ALIGN) * ROW_ALIGN)
-            self.buffers[slot] = shared_bytes(capacity * (width + 3) * 4)
+            self.buffers[slot] = shared_bytes(staging_rows(n) * (width + 3) * 4)
             self.generations[slot] += 1
         columns, ego = slot_arrays(self.buffers[slot], n, width)
         try:
-            fill_host_arrays(frame, self.columns, columns.numpy(), ego.numpy(), self._scratch_for)
+            fill_host_arrays(frame, self.columns, columns.numpy(), ego.numpy(), self._scratch)
         except BaseException:
             self._free.append(slot)
             raise
