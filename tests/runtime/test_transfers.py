@@ -9,6 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from perception4d.core import Frame
 from perception4d.core.labels import OCC_FREE
@@ -245,6 +247,26 @@ def test_host_arena_allocates_aligned_views_and_reports_what_did_not_fit():
     assert arena.needed == 512 + 8000 and arena.used == 256 + 5
     arena.reset()
     assert (arena.used, arena.needed) == (0, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([torch.uint8, torch.bool, torch.float16, torch.float32, torch.int64]),
+                          st.integers(0, 700)), max_size=12), st.integers(0, 6000))
+def test_host_arena_views_are_aligned_disjoint_and_found_again(requests, capacity):
+    arena = HostArena(capacity, shared=False)
+    placed, demand = [], 0
+    for dtype, n in requests:
+        view = arena.alloc(dtype, (n,))
+        demand = -(-demand // 256) * 256 + n * dtype.itemsize
+        if view is None or n == 0:  # (an empty view's data pointer is not its place: nothing to find)
+            continue
+        a = view.numpy()
+        offset = arena.offset_of(a)
+        assert offset is not None and offset % 256 == 0 and offset + a.nbytes <= arena.capacity
+        placed.append((offset, offset + a.nbytes))
+    assert arena.needed == demand and arena.used <= arena.capacity
+    placed.sort()
+    assert all(end <= start for (_, end), (start, _) in zip(placed, placed[1:]))  # no two views overlap
 
 
 def _frame_through(arenas: ReplyArenas, pool: ReplyPool, sem: np.ndarray, vel: np.ndarray, small: np.ndarray):
