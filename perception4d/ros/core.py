@@ -42,7 +42,7 @@ from perception4d.ros.params import NodeParams
 from perception4d.ros.pointcloud2 import CloudError, decode_cloud
 from perception4d.ros.poses import PoseResolver, TransformUnavailable
 from perception4d.runtime.predictor import Result, Status
-from perception4d.runtime.timing import STAGES
+from perception4d.runtime.timing import StageTimes
 
 log = logging.getLogger("perception4d.ros")
 
@@ -126,8 +126,7 @@ class LatencyStats:
         if not rows:
             return []
         a = np.asarray(rows)
-        keys = list(STAGES) + ["total"]
-        out = [(f"{k} ms (mean)", f"{v:.2f}") for k, v in zip(keys, a.mean(axis=0))]
+        out = [(f"{k} ms (mean)", f"{v:.2f}") for k, v in zip(StageTimes.names(), a.mean(axis=0))]
         return out + [("total ms (p95)", f"{np.percentile(a[:, -1], 95):.2f}"), ("steps timed", str(len(a)))]
 
 

@@ -167,9 +167,10 @@ def map_arrays(obj, fn):
 class ReplyArenas:
     """A process worker's arenas and spill buffers, by reply id (see the module docstring)."""
 
-    def __init__(self, device: torch.device | str, initial_bytes: int = 1 << 20):
+    def __init__(self, device: torch.device | str, frame_bytes: int = 1 << 20):
+        """``frame_bytes``: one frame's outputs as far as known (the warm-up's); arenas start ``GROWTH`` above."""
         self.device = torch.device(device)
-        self.size_hint = round_up(max(int(initial_bytes), 4096))
+        self.size_hint = round_up(max(int(frame_bytes * GROWTH), 4096))
         self.arenas: dict[int, HostArena] = {}
         self.spills: dict[int, torch.Tensor] = {}
         self._fresh: set[tuple[int, str]] = set()  # buffers the caller has not got yet

@@ -11,17 +11,16 @@ keeps ``max_in_flight`` frames queued. Stage times come from the results
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from perception4d.core.frame import Frame
 from perception4d.runtime.parallel import FrameResult, ParallelPredictor
 from perception4d.runtime.predictor import Status
-from perception4d.runtime.timing import STAGES
-from perception4d.runtime.workers import HandOff
+from perception4d.runtime.timing import HandOff, StageTimes
 
-HANDOFF_FIELDS = tuple(f.name for f in fields(HandOff))
+HANDOFF_FIELDS = HandOff.names()
 
 
 @dataclass
@@ -101,7 +100,7 @@ def _collect_stats(stats: StreamStats, seen: list[_Seen]) -> None:
     for r in ok:
         for worker, row in r.handoff.items():
             handoff.setdefault(worker, []).append(row)
-    stats.stage_ms = _medians(stages, list(STAGES) + ["total"])
+    stats.stage_ms = _medians(stages, StageTimes.names())
     stats.handoff_ms = _medians(handoff, HANDOFF_FIELDS)
 
 

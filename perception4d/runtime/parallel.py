@@ -50,8 +50,8 @@ from perception4d.runtime.models import ModelSpec
 from perception4d.runtime.policy import FramePolicy, StreamGate
 from perception4d.runtime.predictor import FusedMosOutput, Result, Status, StepHealth
 from perception4d.runtime.sweeps import StagingPool
-from perception4d.runtime.timing import StageTimes
-from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, HandOff, Job,
+from perception4d.runtime.timing import HandOff, StageTimes
+from perception4d.runtime.workers import (WORKER_CHOICES, Fatal, FlushJob, Flushed, FrameSlots, Job,
                                           PredictorOptions, Ready, Reply, StartFailed, WireSweep, Worker, WorkerSpec)
 
 log = logging.getLogger("perception4d.runtime")

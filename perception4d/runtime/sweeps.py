@@ -409,7 +409,7 @@ class SweepRing:
         sweeps, offsets, ref_T, shift, src = lay.sweeps, lay.offsets, lay.ref_T, lay.shift, lay.source_index
         n, dev = len(sweeps), self.device
         ref = sweeps[-1].host
-        sizes = [s.num_points for s in sweeps]
+        sizes = np.diff(offsets)
         total = int(offsets[-1])
         with timer.stage("align"):
             if self.host_transform:  # numpy's arithmetic, bit-identical to the offline tools

@@ -21,8 +21,19 @@ import torch
 STAGES = ("ingest", "align", "voxelize", "encoder", "backbone", "head", "graph", "outputs")
 
 
+class MsRecord:
+    """Milliseconds by name (a dataclass of float fields): a table row in field order, and the field names."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_row(self) -> list[float]:
+        return [getattr(self, name) for name in self.names()]
+
+
 @dataclass
-class StageTimes:
+class StageTimes(MsRecord):
     """Milliseconds per stage of one step; 0.0 where a stage did not run.
 
     ingest: host checks, pinned staging and the host-to-device copy of the new sweep (shared by the model sets
@@ -43,8 +54,22 @@ class StageTimes:
     outputs: float = 0.0
     total: float = 0.0
 
-    def as_row(self) -> list[float]:
-        return [getattr(self, f.name) for f in fields(self)]
+
+@dataclass
+class HandOff(MsRecord):
+    """Where one frame's time went between the caller and one worker, in ms (``ParallelPredictor``).
+
+    to_worker: the caller's hand-over -> the worker has the job (pipe or queue, pickling); run: the worker's step
+    of its model sets (the sweep's upload included; for a job launched while another frame was in flight, also
+    the wait for that frame); encode: the results placed in the reply arena (process workers); to_caller: the
+    reply's way back; decode: the caller turning the reply into results (views of the arena, or copies).
+    """
+
+    to_worker: float = 0.0
+    run: float = 0.0
+    encode: float = 0.0
+    to_caller: float = 0.0
+    decode: float = 0.0
 
 
 class EventTimer:

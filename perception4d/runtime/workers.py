@@ -147,26 +147,6 @@ class Reply:
 
 
 @dataclass
-class HandOff:
-    """Where one frame's time went between the caller and one worker, in ms (``ParallelPredictor``).
-
-    to_worker: the caller's hand-over -> the worker has the job (pipe or queue, pickling); run: the worker's step
-    of its model sets (the sweep's upload included; for a job launched while another frame was in flight, also
-    the wait for that frame); encode: the results placed in the reply arena (process workers); to_caller: the
-    reply's way back; decode: the caller turning the reply into results (views of the arena, or copies).
-    """
-
-    to_worker: float = 0.0
-    run: float = 0.0
-    encode: float = 0.0
-    to_caller: float = 0.0
-    decode: float = 0.0
-
-    def as_row(self) -> list[float]:
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]
-
-
-@dataclass
 class Flushed:
     worker: str
     seq: int
@@ -214,7 +194,8 @@ class DeviceGroup:
             loaded = [load_model_set(m, self.device) for m in spec.models]
         o = spec.options
         self.ring = SweepRing(self.device, max(m.geometry.num_frames for m in loaded), o.host_transform)
-        self.staging = StagingPool(pin=self.device.type == "cuda")  # sweeps this group prepares (process workers)
+        # the predictors' warm-up sweeps, and frames handed to ``run`` without a staged sweep
+        self.staging = StagingPool(pin=self.device.type == "cuda")
         self.predictors = [Predictor(m, self.device, amp=o.amp, mos_fusion=o.mos_fusion, mos_prior=o.mos_prior,
                                      warmup=o.warmup, ring=self.ring, host_transform=o.host_transform,
                                      outputs=o.outputs, velocity_dtype=o.velocity_dtype, staging=self.staging,
@@ -311,7 +292,7 @@ def serve(group: DeviceGroup, name: str, inbox, outbox, wire: bool = False) -> N
 
 def _serve_wire(group: DeviceGroup, name: str, inbox, outbox) -> None:
     slots = SlotViews(group.device)
-    arenas = ReplyArenas(group.device, group.host_bytes() * 1.25)
+    arenas = ReplyArenas(group.device, group.host_bytes())
     pending = None  # (job, received, FrameInFlight): launched, not answered
 
     def answer(job: Job, received: float, flight: FrameInFlight) -> None:

@@ -284,7 +284,7 @@ def _frame_through(arenas: ReplyArenas, pool: ReplyPool, sem: np.ndarray, vel: n
 
 
 def test_reply_arenas_are_viewed_in_place_and_freed_with_the_last_array():
-    arenas, pool = ReplyArenas("cpu", initial_bytes=4096), ReplyPool(max_leased=2)
+    arenas, pool = ReplyArenas("cpu", frame_bytes=4096), ReplyPool(max_leased=2)
     sem, vel = _grid(0.3)
     small = np.linspace(0, 1, 100, dtype=np.float32)
     # the first frame does not fit the arena: its arrays are spilled (copied once) and the arena grows
